@@ -1,0 +1,1 @@
+"""ntrk-bench: a benchmark harness for inference-time reward alignment built around NTRK."""

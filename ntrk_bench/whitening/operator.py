@@ -1,0 +1,128 @@
+"""The whitening operator W: a configured composition of confidence-set projections (paper Sec. 4, App. B).
+
+W maps an arbitrary latent-shaped tensor (e.g. a reward gradient) to a typical-looking N(0, I) draw:
+
+1. **Input normalisation** (explicit, because 2OS is not scale-equivariant): ``input_norm="rms"`` rescales
+   each sample to unit RMS, i.e. onto the sphere of radius sqrt(D) where N(0, I) concentrates. The
+   gradient's scale carries no information for NTRK (eq. 11 mixes a unit-scale direction), so this loses
+   nothing. ``"none"`` passes the raw input (the identity comparator of App. B.7 uses it).
+2. **Blocks**, applied in order. Each block picks an orthogonal domain (spatial, compact Fourier, or
+   Hadamard-style butterflies, full or tiled), and inside it applies 2OS projections for every chunk side,
+   then tile mean/energy projections for every tile side, ``repeats`` times, then maps back.
+
+Shapes: the last ``len(event_shape)`` dims of the input form one sample; any leading dims are batch. An
+event (C, ..., H, W) is viewed as a (C', H, W) field with C' the product of the non-spatial event dims.
+Maths runs in float32 whatever the input dtype (bf16 in, bf16 out). Confidence bounds for every
+statistic the configuration uses are computed at construction (App. B.6) and cached per device.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .bounds import bounds_tensor
+from .domains import make_domain
+from .project import groups, patch_dims, project_2os, project_block_norms, project_norm, project_tile_stats
+
+
+@dataclass
+class BlockConfig:
+    domain: str = "spatial"  # spatial | fourier | hadamard
+    tile: Any = 0  # hadamard only: 0 = the whole latent ("full resolution"), k = k x k patches ("tiled")
+    mix: int | None = None  # hadamard only: butterfly stages ("repeated ... times"); None = log2(length)
+    # Patch sides are k (square k x k) or [kh, kw] (rectangular).
+    chunks: list[Any] = field(default_factory=list)  # 2OS chunk sides (chunk size k^2)
+    tiles: list[Any] = field(default_factory=list)  # tile sides for mean/energy statistics (tile size k^2)
+    block_norms: list[Any] = field(default_factory=list)  # hard block-norm sides (WGNC-style comparator)
+    repeats: int = 1  # how often the block's projections are cycled inside the domain
+
+
+@dataclass
+class WhiteningConfig:
+    input_norm: str = "rms"  # rms | none
+    level: float = 0.999  # per-entry confidence level of every interval
+    stat_chunk: int = 2  # 2OS chunk side used on the tile-statistic fields
+    blocks: list[BlockConfig] = field(default_factory=list)
+    norm_projection: bool = False  # final sqrt(D) x/|x| (the norm comparator of App. B.7)
+
+
+def field_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
+    """(C, ..., H, W) -> (C', H, W)."""
+    if len(event_shape) < 2:
+        raise ValueError(f"whitening needs an event with two spatial dims, got shape {tuple(event_shape)}")
+    *rest, h, w = event_shape
+    return (math.prod(rest), h, w)
+
+
+class Whitening:
+    """The whitening operator for one latent shape. Call it on (*batch, *event_shape) tensors."""
+
+    def __init__(self, cfg: WhiteningConfig | dict, event_shape: Sequence[int], device: str | torch.device = "cpu"):
+        self.cfg = _as_config(cfg)
+        if self.cfg.input_norm not in ("rms", "none"):
+            raise ValueError(f"whitening.input_norm must be 'rms' or 'none', got {self.cfg.input_norm!r}")
+        self.event_shape = tuple(event_shape)
+        self.field = field_shape(self.event_shape)
+        self.blocks = [(b, make_domain(b.domain, b.tile, b.mix)) for b in self.cfg.blocks]
+        self._cache: dict = {}
+        self.precompute(device)
+
+    # ------------------------------------------------------------------ bounds
+    def precompute(self, device: str | torch.device = "cpu") -> None:
+        """Compute and cache every confidence bound this configuration needs on ``device``."""
+        c, h, w = self.field
+        probe = torch.empty(1, c, h, w, device="meta")
+        for block, _ in self.blocks:
+            for k in block.chunks:
+                g = groups(probe, k)
+                bounds_tensor(g.shape[-2], g.shape[-1], self.cfg.level, ("normal",), device, self._cache)
+            for k in block.tiles:
+                g = groups(probe, k)
+                kh, kw = patch_dims(k)
+                fh, fw = h // kh, w // kw
+                kc = self.cfg.stat_chunk if (fh % self.cfg.stat_chunk == 0 and fw % self.cfg.stat_chunk == 0) else 1
+                m = g.shape[-2] // (kc * kc)
+                for ref in (("normal",), ("chi2", kh * kw - 1)):
+                    bounds_tensor(m, kc * kc, self.cfg.level, ref, device, self._cache)
+            for k in block.block_norms:
+                groups(probe, k)  # validates divisibility
+
+    # ------------------------------------------------------------------ apply
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.event_shape)
+        if tuple(x.shape[x.dim() - n:]) != self.event_shape:
+            raise ValueError(f"whitening built for event shape {self.event_shape}, got tensor of shape {tuple(x.shape)}")
+        y = x.float().reshape(-1, *self.field)
+        y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.cfg.input_norm == "rms":
+            y = project_norm(y)
+        level, cache = self.cfg.level, self._cache
+        for block, domain in self.blocks:
+            q = domain.forward(y)
+            for _ in range(block.repeats):
+                for k in block.chunks:
+                    q = project_2os(q, k, level, ("normal",), cache)
+                for k in block.tiles:
+                    q = project_tile_stats(q, k, level, self.cfg.stat_chunk, cache)
+                for k in block.block_norms:
+                    q = project_block_norms(q, k)
+            y = domain.inverse(q)
+        if self.cfg.norm_projection:
+            y = project_norm(y)
+        return y.reshape(x.shape).to(x.dtype)
+
+
+def _as_config(cfg) -> WhiteningConfig:
+    if isinstance(cfg, WhiteningConfig):
+        return cfg
+    if hasattr(cfg, "items"):  # dict or DictConfig
+        from omegaconf import OmegaConf
+
+        data = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+        data.pop("_target_", None)
+        blocks = [b if isinstance(b, BlockConfig) else BlockConfig(**b) for b in data.pop("blocks", [])]
+        return WhiteningConfig(blocks=blocks, **data)
+    raise TypeError(f"cannot build a whitening configuration from {type(cfg).__name__}")
