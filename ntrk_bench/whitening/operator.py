@@ -45,7 +45,9 @@ class WhiteningConfig:
     input_norm: str = "rms"  # rms | none
     level: float = 0.999  # per-entry confidence level of every interval
     stat_chunk: int = 2  # 2OS chunk side used on the tile-statistic fields
+    passes: int = 16  # max sort-clip-unsort passes per 2OS projection (1 = the paper's single pass; project.py)
     blocks: list[BlockConfig] = field(default_factory=list)
+    cycles: int = 1  # passes over all blocks (alternating projections towards the sets' intersection)
     norm_projection: bool = False  # final sqrt(D) x/|x| (the norm comparator of App. B.7)
 
 
@@ -100,13 +102,13 @@ class Whitening:
         if self.cfg.input_norm == "rms":
             y = project_norm(y)
         level, cache = self.cfg.level, self._cache
-        for block, domain in self.blocks:
+        for block, domain in self.blocks * self.cfg.cycles:
             q = domain.forward(y)
             for _ in range(block.repeats):
                 for k in block.chunks:
-                    q = project_2os(q, k, level, ("normal",), cache)
+                    q = project_2os(q, k, level, ("normal",), cache, self.cfg.passes)
                 for k in block.tiles:
-                    q = project_tile_stats(q, k, level, self.cfg.stat_chunk, cache)
+                    q = project_tile_stats(q, k, level, self.cfg.stat_chunk, cache, self.cfg.passes)
                 for k in block.block_norms:
                     q = project_block_norms(q, k)
             y = domain.inverse(q)
