@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..fields import smooth_field
+
 
 class GaussianMixtureFlow:
     def __init__(self, means: torch.Tensor, variances: torch.Tensor | float, weights: torch.Tensor | None = None,
@@ -103,3 +105,10 @@ class GaussianMixtureFlow:
 def _names(prompt: str, label: str) -> bool:
     """Whether a prompt names a label as a whole word (``"a handwritten 3"`` names ``"3"``)."""
     return label in prompt.replace(",", " ").replace(".", " ").split()
+
+
+def smooth_mixture(latent_shape, components: int = 4, component_std: float = 0.3, seed: int = 0,
+                   labels: Sequence[str] | None = None) -> GaussianMixtureFlow:
+    """A mixture whose component means are smooth random fields of unit RMS (an image-like toy data law)."""
+    means = smooth_field((components, *latent_shape), seed)
+    return GaussianMixtureFlow(means, component_std ** 2, labels=labels)

@@ -45,7 +45,7 @@ class WhiteningConfig:
     input_norm: str = "rms"  # rms | none
     level: float = 0.999  # per-entry confidence level of every interval
     stat_chunk: int = 2  # 2OS chunk side used on the tile-statistic fields
-    passes: int = 16  # max sort-clip-unsort passes per 2OS projection (1 = the paper's single pass; project.py)
+    passes: int = 1  # sort-clip-unsort passes per 2OS projection (1 = the paper's single pass; see project.py)
     blocks: list[BlockConfig] = field(default_factory=list)
     cycles: int = 1  # passes over all blocks (alternating projections towards the sets' intersection)
     norm_projection: bool = False  # final sqrt(D) x/|x| (the norm comparator of App. B.7)

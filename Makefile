@@ -1,0 +1,31 @@
+# ntrk-bench: `make run` sets up a fresh machine and runs the main job; `make test` runs the tests.
+SHELL   := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+EXTRAS  ?= dev,slurm,plot
+
+.PHONY: setup run test bench clean
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[$(EXTRAS)]" 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(BIN)/python -c "import ntrk_bench, torch; print('ntrk-bench installed; torch', torch.__version__)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)                    ## the main job (offline, CPU)
+	$(BIN)/python run.py $(ARGS)
+
+test: $(STAMP)                   ## the test suite
+	$(BIN)/python -m pytest tests $(ARGS)
+
+bench: $(STAMP)                  ## speed benchmarks (ratios measured side by side in one run)
+	$(BIN)/python scripts/bench_whitening.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) results/runs results/bench .pytest_cache

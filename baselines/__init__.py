@@ -1,0 +1,1 @@
+"""Baseline methods (DPS, FreeDoM, SVDD, RBF, DAS, Psi-Sampler, Best-of-N, DNO) under the shared kernel."""
