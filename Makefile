@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 EXTRAS  ?= dev,slurm,plot
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench probe mini-train clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: $(STAMP)                   ## the test suite
 
 bench: $(STAMP)                  ## speed benchmarks (ratios measured side by side in one run)
 	$(BIN)/python scripts/bench_whitening.py $(ARGS)
+
+probe: $(STAMP)                  ## noise-compatibility probe of the mini suite (paper Fig. 2)
+	$(BIN)/python scripts/probe_noise.py $(ARGS)
+
+mini-train: $(STAMP)             ## retrain the mini suite's rewards and learned tier (seeded; ~20 min on 2 cores)
+	$(BIN)/python scripts/train_mini_rewards.py
+	$(BIN)/python scripts/train_mini.py
 
 clean:
 	rm -rf $(VENV) results/runs results/bench .pytest_cache

@@ -1,4 +1,4 @@
-"""The generation stage for the analytic model: sample, score with the target reward, save records.
+"""The generation stage: sample a task's prompts with a method, score them, save images and a record.
 
 Outputs are deterministic (no timestamps): ``<out_dir>/record.json`` (written atomically, last) and
 ``samples.png``. A rerun of the same configuration finds the record and skips the work.
@@ -11,7 +11,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,64 +20,114 @@ from .sampling import initial_noise, sample_chain
 from .sde import FlowSDE
 from .whitening import Whitening
 
+MINI_MODELS = ("mini", "mini_exact")
+
 
 def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def build_model(cfg: DictConfig):
-    if cfg.name != "gmm":
-        raise ValueError(f"model {cfg.name!r} is not available yet; choose model=gmm")
-    return smooth_mixture(tuple(cfg.latent_shape), cfg.components, cfg.component_std, cfg.seed)
+    if cfg.name == "gmm":
+        return smooth_mixture(tuple(cfg.latent_shape), cfg.components, cfg.component_std, cfg.seed)
+    if cfg.name == "mini_exact":
+        from .mini.exact import exact_mixture
+
+        return exact_mixture(cfg.clusters_per_class, cfg.min_std)
+    if cfg.name == "mini":
+        from .mini.net import MiniLearnedFlow
+
+        return MiniLearnedFlow(cfg.weights)
+    raise ValueError(f"model {cfg.name!r} is not available yet; choose model=mini, mini_exact or gmm")
+
+
+def quality(model_name: str, model, x0: torch.Tensor, pixels: torch.Tensor) -> dict[str, float]:
+    """Measures no target sees: exact log-density (mini: under the exact tier's mixture), FD, diversity."""
+    if model_name not in MINI_MODELS:
+        return {"log_density": model.log_prob(x0).mean().item()}
+    from rewards.quality import diversity, fd_to_real
+
+    from .mini.exact import exact_mixture
+
+    out = {"log_density": exact_mixture().log_prob(x0).mean().item(), "diversity": diversity(pixels)}
+    if len(pixels) >= 8:
+        out["fd_to_real"] = fd_to_real(pixels)
+    return out
 
 
 def generate(cfg: DictConfig) -> dict:
-    from rewards import LinearReward
+    from rewards import build_reward
 
     out = Path(cfg.out_dir)
     record_path = out / "record.json"
     if record_path.exists():
         record = json.loads(record_path.read_text())
-        print(f"already done: {record_path} (target reward {record['target_reward_mean']:.4f})")
+        print(f"already done: {record_path} ({cfg.task.target} {record['scores'][cfg.task.target]:.4f})")
         return record
     model = counted(build_model(cfg.model))
-    reward = LinearReward.smooth(model.latent_shape, seed=cfg.model.seed + 1)
-    value = lambda x0: reward(model.decode(x0), None)  # noqa: E731
-    sde = FlowSDE(**cfg.sde)
+    prompts = [p for p in cfg.task.prompts for _ in range(cfg.samples_per_prompt)]
+    cond = model.condition(prompts if cfg.task.condition_model else [""] * len(prompts))
+    target = build_reward(cfg.task.target, model.latent_shape)
+    value = lambda x0: target(model.decode(x0), prompts)  # noqa: E731
     gen = torch.Generator().manual_seed(cfg.seed)
-    x = initial_noise(model, cfg.batch, gen)
+    x = initial_noise(model, len(prompts), gen)
     kwargs = {}
     if cfg.method.name == "ntrk":
         kwargs = dict(value=value, noise_rule=ntrk_rule(cfg.method.gamma, Whitening(cfg.whitening, model.latent_shape)))
     elif cfg.method.name != "base":
         raise ValueError(f"method {cfg.method.name!r} is not available yet; choose method=base or method=ntrk")
     start = time.perf_counter()
-    x0 = sample_chain(sde, model, None, x, cfg.steps, gen, progress=cfg.progress, **kwargs)
+    x0 = sample_chain(FlowSDE(**cfg.sde), model, cond, x, cfg.steps, gen, progress=cfg.progress, **kwargs)
     wall = time.perf_counter() - start
-    scores = reward(model.decode(x0), None)
+    with torch.no_grad():
+        pixels = model.decode(x0)
+        per_sample = {cfg.task.target: target(pixels, prompts)}
+        for name in cfg.task.held_out:
+            r = build_reward(name, model.latent_shape)
+            per_sample[name] = r(pixels, prompts)
+            if hasattr(r, "accuracy"):
+                per_sample[f"{name}_accuracy"] = r.accuracy(pixels, prompts)
+        measures = quality(cfg.model.name, model, x0, pixels)
+    n = len(prompts)
     record = {
-        "method": cfg.method.name, "model": cfg.model.name, "seed": cfg.seed, "steps": cfg.steps,
-        "target_reward": scores.tolist(), "target_reward_mean": scores.mean().item(),
-        "log_density_mean": model.log_prob(x0).mean().item(),
-        "nfe_per_sample": model.counter.nfe // cfg.batch, "grad_nfe_per_sample": model.counter.grads // cfg.batch,
+        "method": cfg.method.name, "model": cfg.model.name, "task": cfg.task.name, "seed": cfg.seed,
+        "steps": cfg.steps, "prompts": prompts, "target": cfg.task.target,
+        "scores": {k: v.float().mean().item() for k, v in per_sample.items()} | measures,
+        "per_sample": {k: v.float().tolist() for k, v in per_sample.items()},
+        "nfe_per_sample": model.counter.nfe // n, "grad_nfe_per_sample": model.counter.grads // n,
         "wall_s": wall, "config_hash": config_hash(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
     }
     out.mkdir(parents=True, exist_ok=True)
-    save_grid(x0, out / "samples.png")
+    save_grid(pixels, out / "samples.png")
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, record_path)
-    print(f"{cfg.method.name}: target reward {record['target_reward_mean']:.4f}, exact log-density "
-          f"{record['log_density_mean']:.1f}, NFE {record['nfe_per_sample']} per sample, {wall:.1f} s -> {out}")
+    s = record["scores"]
+    held = ", ".join(f"{k} {s[k]:.3f}" for k in s if k != cfg.task.target)
+    print(f"{cfg.method.name} on {cfg.model.name}/{cfg.task.name}: target {cfg.task.target} {s[cfg.task.target]:.3f} | "
+          f"held-out {held} | NFE {record['nfe_per_sample']} per sample, {wall:.1f} s\n"
+          f"images: {out / 'samples.png'}  record: {record_path}")
     return record
 
 
-def save_grid(x: torch.Tensor, path: Path) -> None:
-    """First channel of every sample, side by side, min-max scaled (a look at the latents)."""
+def save_grid(pixels: torch.Tensor, path: Path, columns: int = 10) -> None:
+    """Samples in a grid: grey or RGB images as they are; other tensors as their first channel, min-max scaled."""
     from PIL import Image
 
-    ch = x[:, 0].float()
-    lo, hi = ch.amin(dim=(1, 2), keepdim=True), ch.amax(dim=(1, 2), keepdim=True)
-    img = ((ch - lo) / (hi - lo + 1e-8) * 255).round().byte()
-    Image.fromarray(np.concatenate(list(img.numpy()), axis=1)).resize((img.shape[2] * len(img) * 2, img.shape[1] * 2),
-                                                                      Image.NEAREST).save(path)
+    x = pixels.detach().float()
+    if x.shape[1] not in (1, 3):
+        ch = x[:, :1]
+        lo, hi = ch.amin(dim=(2, 3), keepdim=True), ch.amax(dim=(2, 3), keepdim=True)
+        x = (ch - lo) / (hi - lo + 1e-8)
+    n, c, h, w = x.shape
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    grid = torch.ones(c, rows * h, cols * w)
+    for i in range(n):
+        grid[:, (i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = x[i]
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0] if c == 1 else arr)
+    img.resize((img.width * 2, img.height * 2), Image.NEAREST).save(path)
+
+
+__all__ = ["build_model", "generate", "quality", "save_grid"]

@@ -37,20 +37,21 @@ def test_every_sde_option_builds_a_kernel(name):
     assert sde.times(25)[0] == 1 and sde.std(1.0, 0.96) > 0
 
 
-def test_run_py_writes_a_record_and_skips_finished_work(tmp_path):
-    args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", "steps=4", "batch=2", "progress=false",
-            "model.latent_shape=[4,32,32]"]
+@pytest.mark.parametrize("extra", [[], ["model=mini_exact", "task=mini_text"],
+                                   ["model=gmm", "task=analytic", "model.latent_shape=[4,32,32]"]])
+def test_run_py_writes_a_record_and_skips_finished_work(tmp_path, extra):
+    args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", "steps=4", "progress=false", *extra]
     first = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert first.returncode == 0, first.stderr
     record = json.loads((tmp_path / "r" / "record.json").read_text())
     assert record["nfe_per_sample"] == 4 and record["grad_nfe_per_sample"] == 4 and record["method"] == "ntrk"
-    assert (tmp_path / "r" / "samples.png").stat().st_size > 0
+    assert record["target"] in record["scores"] and "log_density" in record["scores"]
+    assert (tmp_path / "r" / "samples.png").stat().st_size > 0 and "images:" in first.stdout
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "already done" in again.stdout
 
 
 def test_unknown_method_is_a_clear_error(tmp_path):
-    args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", "method.name=dps", "steps=2",
-            "model.latent_shape=[4,32,32]"]
+    args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", "method.name=dps", "steps=2"]
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode != 0 and "not available yet" in out.stderr

@@ -55,25 +55,39 @@ class GaussianMixtureFlow:
         return lw.to(device).expand(b, -1) if lw.shape[0] == 1 else lw.to(device)
 
     # ------------------------------------------------------------------ closed forms
-    def _components(self, x: torch.Tensor, t: torch.Tensor, cond):
+    def _posterior(self, x: torch.Tensor, t: torch.Tensor, cond, need_x0: bool = True):
+        """Log joint (B, K) of component and x_t, and E[x0 | x_t] (B, D), in float64.
+
+        Quadratic forms are expanded into matrix products, so memory stays O(B K + K D) rather than
+        O(B K D); samples sharing a time share the products (in sampling, all of them).
+        """
         b = x.shape[0]
-        xf = x.reshape(b, 1, -1)
-        a = (1 - t).reshape(b, 1, 1)
-        tt = t.reshape(b, 1, 1)
-        mu = self.means.to(x.device).reshape(1, self.means.shape[0], -1)
-        tau2 = self.variances.to(x.device).reshape(1, self.means.shape[0], -1)
-        var = a * a * tau2 + tt * tt
-        resid = xf - a * mu
-        log_n = -0.5 * (resid * resid / var + torch.log(2 * math.pi * var)).sum(-1)
-        log_joint = self._cond(cond, b, x.device) + log_n  # (B, K)
-        return log_joint, mu, tau2, var, resid, a
+        xf = x.reshape(b, -1).double()
+        lw = self._cond(cond, b, x.device).double()
+        mu = self.means.reshape(self.means.shape[0], -1).to(x.device, torch.float64)
+        tau2 = self.variances.reshape(mu.shape).to(x.device, torch.float64)
+        log_joint = xf.new_empty(b, mu.shape[0])
+        x0 = torch.empty_like(xf) if need_x0 else None
+        t = t.reshape(-1).expand(b).double()
+        for tv in torch.unique(t):
+            idx = t == tv
+            a, tt = 1 - tv, tv
+            var = a * a * tau2 + tt * tt
+            inv = 1 / var
+            xb = xf[idx]
+            quad = (xb * xb) @ inv.T - 2 * a * (xb @ (mu * inv).T) + a * a * (mu * mu * inv).sum(1)
+            lj = lw[idx] - 0.5 * (quad + torch.log(2 * math.pi * var).sum(1))
+            log_joint[idx] = lj
+            if need_x0:
+                w = torch.softmax(lj, dim=-1)
+                gain = a * tau2 * inv  # E[x0 | x_t, k] = mu_k (1 - a gain_k) + gain_k x_t
+                x0[idx] = w @ (mu * (1 - a * gain)) + xb * (w @ gain)
+        return log_joint, x0
 
     def posterior_mean(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         """E[x0 | x_t] in closed form."""
-        log_joint, mu, tau2, var, resid, a = self._components(x.float(), t.float(), cond)
-        w = torch.softmax(log_joint, dim=-1).unsqueeze(-1)
-        x0_k = mu + a * tau2 / var * resid
-        return (w * x0_k).sum(1).reshape(x.shape)
+        t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        return self._posterior(x, t, cond)[1].reshape(x.shape).to(torch.float32)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
@@ -83,13 +97,12 @@ class GaussianMixtureFlow:
     def log_prob(self, x: torch.Tensor, t: torch.Tensor | float = 0.0, cond=None) -> torch.Tensor:
         """Exact log density of the marginal p_t at x (t = 0 is the data law)."""
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        log_joint = self._components(x.float(), t, cond)[0]
-        return torch.logsumexp(log_joint, dim=-1)
+        return torch.logsumexp(self._posterior(x, t, cond, need_x0=False)[0], dim=-1).to(x.dtype if x.is_floating_point() else torch.float32)
 
     def component_posterior(self, x: torch.Tensor, t: torch.Tensor | float = 0.0, cond=None) -> torch.Tensor:
         """Posterior component probabilities (B, K) at x under p_t."""
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        return torch.softmax(self._components(x.float(), t, cond)[0], dim=-1)
+        return torch.softmax(self._posterior(x, t, cond, need_x0=False)[0], dim=-1).float()
 
     def sample_data(self, n: int, generator: torch.Generator | None = None, cond=None) -> torch.Tensor:
         """Exact draws from p0 (for reference statistics)."""

@@ -1,0 +1,1 @@
+"""The mini suite: the paper in miniature, offline on a CPU (digits data shipped with scikit-learn)."""
