@@ -1,1 +1,21 @@
-"""Baseline methods (DPS, FreeDoM, SVDD, RBF, DAS, Psi-Sampler, Best-of-N, DNO) under the shared kernel."""
+"""Baseline methods under one interface (``method(problem) -> Result``), sharing the core kernel.
+
+Best-of-N and the dagger variants are the ``particles`` option of single-trajectory methods
+(``ntrk_bench.methods.Chain``), not separate implementations.
+"""
+from ntrk_bench.methods import base, ntrk
+
+from .dps import dps
+from .freedom import FreeDoM
+from .svdd import SVDD
+
+METHODS = {"base": base, "bon": base, "ntrk": ntrk, "dps": dps, "freedom": FreeDoM, "svdd": SVDD}
+
+
+def build_method(name: str, **params):
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name](**params)
+
+
+__all__ = ["METHODS", "SVDD", "FreeDoM", "base", "build_method", "dps", "ntrk"]

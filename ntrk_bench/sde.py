@@ -123,6 +123,16 @@ class FlowSDE:
         mean = x.float() + (-den.u + 0.5 * g * g * den.score) * (float(tau) - float(tau_next))
         return mean, self.std(tau, tau_next)
 
+    def renoise(self, x: torch.Tensor, tau_from, tau_to, eps: torch.Tensor) -> torch.Tensor:
+        """Forward kernel from tau_from back up to tau_to > tau_from in the sampler's schedule:
+        x_to = (a_to / a_from) x + sqrt(s_to^2 - (a_to / a_from)^2 s_from^2) eps (FreeDoM's time travel;
+        Psi-Sampler's ``reverse_step``, anchors Sec. 2.3)."""
+        c_from = self.path(torch.as_tensor(tau_from, dtype=torch.float64))
+        c_to = self.path(torch.as_tensor(tau_to, dtype=torch.float64))
+        ratio = float(c_to.alpha / c_from.alpha)
+        var = float(c_to.sigma ** 2 - ratio ** 2 * c_from.sigma ** 2)
+        return (ratio * x.float() + max(var, 0.0) ** 0.5 * eps.float()).to(x.dtype)
+
     def step(self, x: torch.Tensor, den: Denoised, tau: float, tau_next: float, noise: torch.Tensor,
              shift: torch.Tensor | None = None) -> torch.Tensor:
         """x_next = mean (+ shift) + std * noise: the one reverse-kernel step every method shares (eq. 4)."""
