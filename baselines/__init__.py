@@ -5,11 +5,14 @@ Best-of-N and the dagger variants are the ``particles`` option of single-traject
 """
 from ntrk_bench.methods import base, ntrk
 
+from .das import DAS
 from .dps import dps
 from .freedom import FreeDoM
+from .psi import PsiSampler
 from .svdd import SVDD
 
-METHODS = {"base": base, "bon": base, "ntrk": ntrk, "dps": dps, "freedom": FreeDoM, "svdd": SVDD}
+METHODS = {"base": base, "bon": base, "ntrk": ntrk, "dps": dps, "freedom": FreeDoM, "svdd": SVDD, "das": DAS,
+           "psi": PsiSampler}
 
 
 def build_method(name: str, **params):
@@ -18,4 +21,4 @@ def build_method(name: str, **params):
     return METHODS[name](**params)
 
 
-__all__ = ["METHODS", "SVDD", "FreeDoM", "base", "build_method", "dps", "ntrk"]
+__all__ = ["DAS", "METHODS", "PsiSampler", "SVDD", "FreeDoM", "base", "build_method", "dps", "ntrk"]

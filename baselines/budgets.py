@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from ntrk_bench.methods import base, ntrk
 
+from .das import DAS
 from .dps import dps
 from .freedom import FreeDoM
+from .psi import PsiSampler
 from .svdd import SVDD
 
 
@@ -29,6 +31,14 @@ def method_for(row: Row, whitening=None):
     """(method, steps) for a ledger row; raises NotImplementedError for methods not implemented yet.
     ``whitening`` overrides NTRK's operator configuration (the NFE does not depend on it)."""
     p, s = row.particles, row.steps
+    if isinstance(s, str) and "+" in s:  # "MCMC + SMC" steps: Psi-Sampler's scaffold, 2 particles per chain
+        mcmc, s = (int(v) for v in s.split("+"))
+        kw = {"whitening": whitening} if row.method == "ntrk" else {}
+        return PsiSampler(p, p // 2, mcmc, mcmc, proposal="ntrk" if row.method == "ntrk" else "twist", **kw), s
+    if row.method == "psi" and row.nfe == 1000:  # counting config: 20 particles, 5 chains x (50 + 50)
+        return PsiSampler(20, 5, 50, 50), 25
+    if row.method == "das":
+        return DAS(p), s
     if row.method == "base" or row.method == "bon":
         return base(p), s
     if row.method == "dps":
@@ -56,4 +66,4 @@ def paper_rows(csv_path) -> list[Row]:
         particles = int(r.particles) if r.particles else 40
         steps = r.steps if r.steps else "25"
         rows.add((r.method, r.augment, particles, steps, int(r.nfe)))
-    return [Row(m, a, p, int(s.split("+")[0]) if "+" not in s else s, n) for m, a, p, s, n in sorted(rows)]
+    return [Row(m, a, p, s if "+" in s else int(s), n) for m, a, p, s, n in sorted(rows)]

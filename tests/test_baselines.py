@@ -13,7 +13,7 @@ from ntrk_bench.sde import FlowSDE
 from rewards import LinearReward
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "tables" / "paper_results.csv"  # ../shared
-IMPLEMENTED = {"base", "bon", "dps", "freedom", "svdd", "ntrk"}
+IMPLEMENTED = {"base", "bon", "dps", "freedom", "svdd", "ntrk", "das", "psi"}
 
 
 def toy(shape=(1, 8, 8), seed=0):
@@ -25,12 +25,13 @@ def toy(shape=(1, 8, 8), seed=0):
 def rows():
     if not PAPER.exists():
         pytest.skip(f"the paper's tables are not beside the checkout ({PAPER})")
-    return [r for r in paper_rows(PAPER) if r.method in IMPLEMENTED and r.augment != "psi"]
+    return [r for r in paper_rows(PAPER) if r.method in IMPLEMENTED]
 
 
 def test_ledger_covers_the_paper_rows_of_implemented_methods():
     got = {(r.method, r.augment, r.particles, r.steps, r.nfe) for r in rows()}
-    assert ("freedom", "bon", 13, 25, 533) in got and ("ntrk", "bon", 5, 100, 500) in got and len(got) >= 20
+    assert ("freedom", "bon", 13, 25, 533) in got and ("ntrk", "bon", 5, 100, 500) in got and len(got) >= 26
+    assert ("psi", "", 10, "25+25", 500) in got and ("ntrk", "psi", 10, "25+25", 500) in got
 
 
 def test_measured_nfe_equals_the_paper_ledger():
@@ -44,8 +45,8 @@ def test_measured_nfe_equals_the_paper_ledger():
 
 
 def test_unimplemented_rows_say_so():
-    with pytest.raises(NotImplementedError, match="das"):
-        method_for(Row("das", "", 20, 25, 500))
+    with pytest.raises(NotImplementedError, match="rbf"):
+        method_for(Row("rbf", "", 20, 25, 500))
 
 
 @pytest.mark.parametrize("name,params", [("bon", {"particles": 8}), ("dps", {"scale": 10.0}),
@@ -59,3 +60,66 @@ def test_every_method_raises_the_target_reward_over_base(name, params):
             p = Problem(FlowSDE(), counted(model), "", reward, 25, torch.Generator().manual_seed(seed))
             out.append(method(p).reward)
     assert sum(meth_r) / 6 > sum(base_r) / 6 + 0.05, (name, base_r, meth_r)
+
+
+# ----------------------------------------------------------------------------- SMC correctness
+from baselines.psi import PsiSampler  # noqa: E402
+from baselines.smc import SMC, BaseProposal, NoiseTiltProposal, TwistProposal, das_tempering, ssp_resample  # noqa: E402
+from ntrk_bench.sampling import Evaluation  # noqa: E402
+from ntrk_bench.whitening import Whitening  # noqa: E402
+
+
+def test_proposal_log_ratios_match_the_gaussian_densities():
+    g = torch.Generator().manual_seed(3)
+    mean, grad = torch.randn(5, 1, 8, 8, generator=g), torch.randn(5, 1, 8, 8, generator=g)
+    eps, std, lam, alpha = torch.randn(5, 1, 8, 8, generator=g), 0.3, 0.7, 0.5
+    ev = Evaluation(None, None, grad)
+    normal = torch.distributions.Normal
+    x, lr = TwistProposal()(ev, mean, std, lam, alpha, eps)
+    shifted = mean + std ** 2 * lam / alpha * grad
+    expect = (normal(mean.double(), std).log_prob(x.double()) - normal(shifted.double(), std).log_prob(x.double())).flatten(1).sum(1)
+    torch.testing.assert_close(lr, expect)
+    W = Whitening(load_group("whitening", "twoos"), (1, 8, 8))
+    x, lr = NoiseTiltProposal(0.4, W)(ev, mean, std, lam, alpha, eps)
+    center, scale = mean + std * 0.4 * W(grad), std * (1 - 0.4 ** 2) ** 0.5
+    torch.testing.assert_close(x, center + scale * eps, rtol=1e-5, atol=1e-5)
+    expect = (normal(mean.double(), std).log_prob(x.double()) - normal(center.double(), scale).log_prob(x.double())).flatten(1).sum(1)
+    torch.testing.assert_close(lr, expect, rtol=1e-5, atol=1e-4)
+    x, lr = BaseProposal()(ev, mean, std, lam, alpha, eps)
+    assert torch.equal(lr, torch.zeros(5, dtype=torch.float64))
+
+
+def test_ssp_resampling_is_unbiased_and_keeps_floor_or_ceil_copies():
+    g = torch.Generator().manual_seed(0)
+    w = torch.tensor([0.5, 0.25, 0.15, 0.1])
+    counts = torch.stack([torch.bincount(ssp_resample(w.log(), g), minlength=4) for _ in range(4000)]).double()
+    torch.testing.assert_close(counts.mean(0), (w * 4).double(), atol=0.03, rtol=0)
+    assert torch.all((counts - (w * 4).floor()).abs() <= 1)
+
+
+@pytest.mark.parametrize("kind", ["twist", "base_proposal", "das", "psi"])
+def test_smc_weighted_particles_estimate_the_closed_form_tilted_mean(kind):
+    """Gaussian prior N(m, s^2 I), linear reward <w, x>: the tilted law exp(r / alpha) p is N(m + s^2 w / alpha,
+    s^2 I), so E[<w, x>] = <w, m> + s^2 |w|^2 / alpha. Replicated SMC estimates must agree within MC error
+    (and move the whole way from the prior's value)."""
+    s, alpha, reps, n = 0.5, 1.0, 12, 256
+    g = torch.Generator().manual_seed(0)
+    m0 = torch.randn(1, 1, 8, 8, generator=g) * 0.5
+    w = torch.randn(1, 8, 8, generator=g)
+    w = w / w.norm() * 2.0
+    model, reward = GaussianMixtureFlow(m0, s ** 2), LinearReward(w)
+    prior, truth = float((w * m0[0]).sum()), float((w * m0[0]).sum() + s ** 2 * (w * w).sum() / alpha)
+    estimates = []
+    for rep in range(reps):
+        p = Problem(FlowSDE(), counted(model), "", reward, 100, torch.Generator().manual_seed(rep))
+        if kind == "psi":
+            x, _ = PsiSampler(particles=n, chains=n // 2, burn_in=10, mcmc_steps=10, alpha_mcmc=alpha).mcmc(p)
+            x, logw, _ = SMC(n, alpha, TwistProposal()).run(p, x, tilted_init=True)
+        else:
+            proposal = BaseProposal() if kind == "base_proposal" else TwistProposal()
+            x, logw, _ = SMC(n, alpha, proposal, das_tempering(100) if kind == "das" else None).run(p, p.noise(n))
+        estimates.append(float((torch.softmax(logw, 0).float() * reward(x)).sum()))
+    e = torch.tensor(estimates)
+    se = float(e.std() / reps ** 0.5)
+    assert abs(float(e.mean()) - truth) < 4 * se, (kind, float(e.mean()), truth, se)
+    assert 4 * se < truth - prior  # the test tells the tilted law from the prior at 4 standard errors
