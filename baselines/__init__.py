@@ -6,13 +6,15 @@ Best-of-N and the dagger variants are the ``particles`` option of single-traject
 from ntrk_bench.methods import base, ntrk
 
 from .das import DAS
+from .dno import DNO
 from .dps import dps
 from .freedom import FreeDoM
 from .psi import PsiSampler
+from .rbf import RBF
 from .svdd import SVDD
 
 METHODS = {"base": base, "bon": base, "ntrk": ntrk, "dps": dps, "freedom": FreeDoM, "svdd": SVDD, "das": DAS,
-           "psi": PsiSampler}
+           "psi": PsiSampler, "rbf": RBF, "dno": DNO}
 
 
 def build_method(name: str, **params):
@@ -21,4 +23,4 @@ def build_method(name: str, **params):
     return METHODS[name](**params)
 
 
-__all__ = ["DAS", "METHODS", "PsiSampler", "SVDD", "FreeDoM", "base", "build_method", "dps", "ntrk"]
+__all__ = ["DAS", "DNO", "METHODS", "PsiSampler", "RBF", "SVDD", "FreeDoM", "base", "build_method", "dps", "ntrk"]

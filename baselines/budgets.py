@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from ntrk_bench.methods import base, ntrk
 
 from .das import DAS
+from .dno import DNO
 from .dps import dps
 from .freedom import FreeDoM
 from .psi import PsiSampler
+from .rbf import RBF
 from .svdd import SVDD
 
 
@@ -39,6 +41,10 @@ def method_for(row: Row, whitening=None):
         return PsiSampler(20, 5, 50, 50), 25
     if row.method == "das":
         return DAS(p), s
+    if row.method == "rbf":
+        return RBF(p if row.nfe != 1000 else 40, budget=row.nfe), s
+    if row.method == "dno":  # Table 10: 20 updates at 25 steps
+        return DNO(iterations=row.nfe // s), s
     if row.method == "base" or row.method == "bon":
         return base(p), s
     if row.method == "dps":

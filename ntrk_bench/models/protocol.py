@@ -31,17 +31,24 @@ class FlowModel(Protocol):
 
 @dataclass
 class NFECounter:
-    """Counts denoiser work per sample: ``nfe`` forward evaluations, ``grads`` of them differentiated."""
+    """Counts denoiser work per sample: ``nfe`` forward evaluations, ``grads`` of them differentiated, and
+    ``recomputed`` replays of an evaluation already counted (gradient checkpointing re-runs the forward
+    pass during backward: memory bookkeeping, not a new function evaluation of the sampler)."""
 
     nfe: int = 0
     grads: int = 0
     calls: int = 0
+    recomputed: int = 0
+    replaying: bool = False
 
     def reset(self) -> None:
-        self.nfe = self.grads = self.calls = 0
+        self.nfe = self.grads = self.calls = self.recomputed = 0
 
     def snapshot(self) -> dict:
-        return {"nfe": self.nfe, "grad_nfe": self.grads, "calls": self.calls}
+        out = {"nfe": self.nfe, "grad_nfe": self.grads, "calls": self.calls}
+        if self.recomputed:
+            out["recomputed"] = self.recomputed
+        return out
 
 
 class CountingModel:
@@ -55,10 +62,13 @@ class CountingModel:
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         n = x.numel() // self._event
-        self.counter.nfe += n
-        self.counter.calls += 1
-        if x.requires_grad:
-            self.counter.grads += n
+        if self.counter.replaying:
+            self.counter.recomputed += n
+        else:
+            self.counter.nfe += n
+            self.counter.calls += 1
+            if x.requires_grad:
+                self.counter.grads += n
         return self.model.velocity(x, t, cond)
 
     def __getattr__(self, name: str):
