@@ -18,6 +18,7 @@ METHODS = {"base": base, "bon": base, "ntrk": ntrk, "dps": dps, "freedom": FreeD
 
 
 def build_method(name: str, **params):
+    """A method by its configuration name; raises a one-line error for unknown names."""
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name](**params)

@@ -45,6 +45,13 @@ class PsiSampler:
     gamma: float = 0.3
     whitening: Optional[dict] = None
 
+    def __post_init__(self):
+        if self.particles % self.chains:
+            raise ValueError(f"psi: particles ({self.particles}) must be a multiple of chains ({self.chains})")
+        if self.mcmc_steps < self.particles // self.chains:
+            raise ValueError(f"psi: mcmc_steps ({self.mcmc_steps}) must be >= particles per chain "
+                             f"({self.particles // self.chains})")
+
     def mcmc(self, p: Problem) -> tuple[torch.Tensor, float]:
         """Initial particles from pCNL chains; returns (particles, acceptance rate)."""
         h, a = self.step_size, self.alpha_mcmc

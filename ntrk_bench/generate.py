@@ -14,11 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .methods import Problem
 from .models import counted, smooth_mixture
-from .ntrk import ntrk_rule
-from .sampling import initial_noise, sample_chain
 from .sde import FlowSDE
-from .whitening import Whitening
 
 MINI_MODELS = ("mini", "mini_exact")
 
@@ -39,6 +37,14 @@ def build_model(cfg: DictConfig):
 
         return MiniLearnedFlow(cfg.weights)
     raise ValueError(f"model {cfg.name!r} is not available yet; choose model=mini, mini_exact or gmm")
+
+
+def method_params(cfg: DictConfig) -> dict:
+    """A method's constructor arguments from its config group; NTRK-based methods also get the operator."""
+    params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
+    if cfg.method.name == "ntrk" or params.get("proposal") == "ntrk":
+        params["whitening"] = cfg.whitening
+    return params
 
 
 def quality(model_name: str, model, x0: torch.Tensor, pixels: torch.Tensor) -> dict[str, float]:
@@ -64,20 +70,19 @@ def generate(cfg: DictConfig) -> dict:
         record = json.loads(record_path.read_text())
         print(f"already done: {record_path} ({cfg.task.target} {record['scores'][cfg.task.target]:.4f})")
         return record
+    from baselines import build_method
+    from tqdm.auto import tqdm
+
+    method = build_method(cfg.method.name, **method_params(cfg))
     model = counted(build_model(cfg.model))
     prompts = [p for p in cfg.task.prompts for _ in range(cfg.samples_per_prompt)]
-    cond = model.condition(prompts if cfg.task.condition_model else [""] * len(prompts))
     target = build_reward(cfg.task.target, model.latent_shape)
-    value = lambda x0: target(model.decode(x0), prompts)  # noqa: E731
-    gen = torch.Generator().manual_seed(cfg.seed)
-    x = initial_noise(model, len(prompts), gen)
-    kwargs = {}
-    if cfg.method.name == "ntrk":
-        kwargs = dict(value=value, noise_rule=ntrk_rule(cfg.method.gamma, Whitening(cfg.whitening, model.latent_shape)))
-    elif cfg.method.name != "base":
-        raise ValueError(f"method {cfg.method.name!r} is not available yet; choose method=base or method=ntrk")
-    start = time.perf_counter()
-    x0 = sample_chain(FlowSDE(**cfg.sde), model, cond, x, cfg.steps, gen, progress=cfg.progress, **kwargs)
+    sde = FlowSDE(**cfg.sde)
+    start, answers = time.perf_counter(), []
+    for i, prompt in enumerate(tqdm(prompts, desc=cfg.method.name, disable=not cfg.progress)):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)  # one stream per item: reproducible alone
+        answers.append(method(Problem(sde, model, prompt, target, cfg.steps, gen, cfg.task.condition_model)).x0)
+    x0 = torch.cat(answers)
     wall = time.perf_counter() - start
     with torch.no_grad():
         pixels = model.decode(x0)

@@ -52,6 +52,19 @@ def test_run_py_writes_a_record_and_skips_finished_work(tmp_path, extra):
 
 
 def test_unknown_method_is_a_clear_error(tmp_path):
-    args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", "method.name=dps", "steps=2"]
+    args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", "method.name=mystery", "steps=2"]
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode != 0 and "not available yet" in out.stderr
+    assert out.returncode != 0 and "unknown method 'mystery'" in out.stderr
+
+
+@pytest.mark.parametrize("method", options("method"))
+def test_every_method_runs_from_the_command_line(tmp_path, method):
+    args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", f"method={method}", "model=mini_exact",
+            "steps=3", "progress=false", "task.prompts=[a handwritten 3]", "whitening=twoos"]
+    small = {"bon": ["method.particles=2"], "svdd": ["method.candidates=2"], "rbf": ["method.particles=2"],
+             "das": ["method.particles=2"], "dno": ["method.iterations=2", "method.permutations=2"],
+             "psi": ["method.particles=2", "method.chains=1", "method.burn_in=1", "method.mcmc_steps=2"]}
+    out = subprocess.run(args + small.get(method, []), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "r" / "record.json").read_text())
+    assert record["method"] == method and record["nfe_per_sample"] >= 3
