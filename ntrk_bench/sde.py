@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .paths import Coeffs, _b, make_schedule, model_time, score, tweedie, velocity_to_schedule
+from .paths import Coeffs, make_schedule, model_time, score, tweedie, velocity_to_schedule
 
 
 # ----------------------------------------------------------------------------- time grids (anchors Sec. 2.3-2.4)

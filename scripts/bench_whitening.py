@@ -60,14 +60,14 @@ def bench(name: str, batch: int, device: torch.device, repeats: int) -> list[dic
     row("bound precompute (once)", precompute)
     block = cfg.blocks[-1]
     for k in block.chunks:
-        row(f"2OS chunk {k}", timeit(lambda: project_2os(f, k, cfg.level, ("normal",), cache, cfg.passes), device, repeats))
+        row(f"2OS chunk {k}", timeit(lambda k=k: project_2os(f, k, cfg.level, ("normal",), cache, cfg.passes), device, repeats))
     for k in block.tiles:
-        row(f"tile mean/energy {k}", timeit(lambda: project_tile_stats(f, k, cfg.level, cfg.stat_chunk, cache, cfg.passes),
+        row(f"tile mean/energy {k}", timeit(lambda k=k: project_tile_stats(f, k, cfg.level, cfg.stat_chunk, cache, cfg.passes),
                                             device, repeats))
     for b in cfg.blocks:
         if b.domain != "spatial":
             dom = make_domain(b.domain, b.tile, b.mix)
-            row(f"domain {dom.name} fwd+inv", timeit(lambda: dom.inverse(dom.forward(f)), device, repeats))
+            row(f"domain {dom.name} fwd+inv", timeit(lambda dom=dom: dom.inverse(dom.forward(f)), device, repeats))
     row("full W, fresh noise", timeit(lambda: W(x), device, repeats))
     row("full W, structured input", timeit(lambda: W(smooth), device, repeats))
     return rows

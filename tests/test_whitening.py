@@ -198,7 +198,6 @@ def test_structured_inputs_come_out_with_gaussian_statistics(W):
     starting at 0.556 - because every projection preserves the input's rank order, which for these inputs
     is ordered by frequency. The test pins that shortfall at under 1% of the noise minimum.
     """
-    names = ("value_ks", "tile_energy_ks", "spectral_flatness")
     ref = D.noise_reference(FLUX, n=64, seed=11)
     for name, x in D.structured_inputs(FLUX).items():
         before = D.typicality(x, FLUX)
