@@ -1,13 +1,26 @@
 """Generation entry point: `python run.py method=ntrk steps=25 ...` (Hydra)."""
-import hydra
+import os
+
+# transformers warns on every import that torchvision (deliberately absent on CPU installs) is missing
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import hydra  # noqa: E402
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from ntrk_bench.generate import generate
+    import sys
 
-    generate(cfg)
+    from ntrk_bench.generate import generate
+    from ntrk_bench.mini.net import MissingWeights
+    from ntrk_bench.models.flux import MissingModel
+
+    try:
+        generate(cfg)
+    except (MissingModel, MissingWeights) as err:  # one line naming what to fetch, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,21 @@ def build_model(cfg: DictConfig):
         from .mini.net import MiniLearnedFlow
 
         return MiniLearnedFlow(cfg.weights)
-    raise ValueError(f"model {cfg.name!r} is not available yet; choose model=mini, mini_exact or gmm")
+    if cfg.name == "flux":
+        from .models.flux import FluxFlow
+
+        return FluxFlow.from_pretrained(cfg.model_id, cfg.dtype, cfg.device, cfg.allow_download, height=cfg.height,
+                                        width=cfg.width, guidance_scale=cfg.guidance_scale,
+                                        max_sequence_length=cfg.max_sequence_length)
+    raise ValueError(f"model {cfg.name!r} is not available yet; choose model=mini, mini_exact, gmm, flux_schnell or flux_dev")
+
+
+def load_prompts(task: DictConfig) -> list[str]:
+    """A task's prompts: inline (``prompts``) or one per line from a shipped file (``prompts_file``)."""
+    if task.get("prompts_file"):
+        text = (Path(__file__).parent / "data" / "prompts" / task.prompts_file).read_text()
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return list(task.prompts)
 
 
 def method_params(cfg: DictConfig) -> dict:
@@ -75,7 +89,7 @@ def generate(cfg: DictConfig) -> dict:
 
     method = build_method(cfg.method.name, **method_params(cfg))
     model = counted(build_model(cfg.model))
-    prompts = [p for p in cfg.task.prompts for _ in range(cfg.samples_per_prompt)]
+    prompts = [p for p in load_prompts(cfg.task) for _ in range(cfg.samples_per_prompt)]
     target = build_reward(cfg.task.target, model.latent_shape)
     sde = FlowSDE(**cfg.sde)
     start, answers = time.perf_counter(), []

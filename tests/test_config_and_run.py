@@ -68,3 +68,20 @@ def test_every_method_runs_from_the_command_line(tmp_path, method):
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads((tmp_path / "r" / "record.json").read_text())
     assert record["method"] == method and record["nfe_per_sample"] >= 3
+
+
+def test_paper_task_composes_flux_and_exits_at_once_without_weights(tmp_path):
+    """`python run.py task=aesthetic` is the paper's FLUX setting; without weights: one line, exit code 2."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["task=aesthetic"])
+        assert cfg.model.model_id == "black-forest-labs/FLUX.1-schnell" and cfg.task.target == "laion_aesthetic"
+        assert compose("config", overrides=["task=aesthetic", "model=mini"]).model.name == "mini"  # model= wins
+    from ntrk_bench.generate import load_prompts
+
+    assert len(load_prompts(cfg.task)) == 45 and "hedgehog" in load_prompts(cfg.task)
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "task=aesthetic", f"out_dir={tmp_path}/r"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+    assert out.returncode == 2, out.stderr
+    assert "huggingface-cli download black-forest-labs/FLUX.1-schnell" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -20,14 +20,17 @@ class MissingModel(RuntimeError):
     """Raised with one line naming the model to fetch when weights are not available offline."""
 
 
-def load_pipeline(cls, model_id: str, dtype: torch.dtype, what: str):
-    """``cls.from_pretrained`` with a one-line error naming what to fetch when the weights are absent."""
+def load_pipeline(cls, model_id: str, dtype: torch.dtype, what: str, allow_download: bool = False):
+    """``cls.from_pretrained`` with a one-line error naming what to fetch when the weights are absent.
+
+    Unless ``allow_download``, only local files are used (compute nodes are usually offline, and a run
+    should fail at once rather than wait on the hub)."""
     try:
-        return cls.from_pretrained(model_id, dtype=dtype)
+        return cls.from_pretrained(model_id, dtype=dtype, local_files_only=not allow_download)
     except (OSError, ValueError) as err:  # missing files, no network, gated repo
         raise MissingModel(
             f"{what} weights not found for '{model_id}' (offline, or not downloaded). Fetch them on a machine "
-            f"with hub access: `huggingface-cli download {model_id}` (then set HF_HOME or model.path to the "
+            f"with hub access: `huggingface-cli download {model_id}` (then set HF_HOME, or model.model_id to the "
             f"local copy); original error: {type(err).__name__}") from None
 
 
@@ -55,10 +58,13 @@ class FluxFlow:
             module.requires_grad_(False).eval()
 
     @classmethod
-    def from_pretrained(cls, model_id: str, dtype: str = "bfloat16", device: str = "cpu", **kwargs) -> "FluxFlow":
+    def from_pretrained(cls, model_id: str, dtype: str = "bfloat16", device: str = "cpu", allow_download: bool = False,
+                        **kwargs) -> "FluxFlow":
         from diffusers import FluxPipeline
 
-        pipe = load_pipeline(FluxPipeline, model_id, getattr(torch, dtype), "FLUX").to(device)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipe = load_pipeline(FluxPipeline, model_id, getattr(torch, dtype), "FLUX", allow_download).to(device)
         return cls(pipe, device=device, **kwargs)
 
     def condition(self, prompts: Sequence[str]) -> FluxCondition:
