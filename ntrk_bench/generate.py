@@ -1,7 +1,10 @@
-"""The generation stage: sample a task's prompts with a method, score them, save images and a record.
+"""The generation stage: sample a task's prompts with a method, score them, save images and records.
 
-Outputs are deterministic (no timestamps): ``<out_dir>/record.json`` (written atomically, last) and
-``samples.png``. A rerun of the same configuration finds the record and skips the work.
+Outputs are deterministic (no timestamps). Every item - one prompt with its own seed stream - writes
+``items/<index>_s<seed>/{latent.pt, image.png, record.json}``, the record atomically and last; a rerun
+skips items whose record exists, so a run killed at any point (SIGKILL included) loses at most the item
+in flight and duplicates nothing. When all items exist, ``record.json`` (the run summary: target,
+held-out and quality scores, measured NFE and wall time) and ``samples.png`` (a grid) are written.
 """
 from __future__ import annotations
 
@@ -53,11 +56,11 @@ def load_prompts(task: DictConfig) -> list[str]:
     return list(task.prompts)
 
 
-def method_params(cfg: DictConfig) -> dict:
+def method_params(cfg: DictConfig, for_record: bool = False) -> dict:
     """A method's constructor arguments from its config group; NTRK-based methods also get the operator."""
     params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
     if cfg.method.name == "ntrk" or params.get("proposal") == "ntrk":
-        params["whitening"] = cfg.whitening
+        params["whitening"] = OmegaConf.to_container(cfg.whitening, resolve=True) if for_record else cfg.whitening
     return params
 
 
@@ -75,29 +78,63 @@ def quality(model_name: str, model, x0: torch.Tensor, pixels: torch.Tensor) -> d
     return out
 
 
+def item_seed(cfg: DictConfig, index: int) -> int:
+    return cfg.seed * 1_000_003 + index  # one stream per item: an item is reproducible on its own
+
+
+def write_atomic(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a killed job never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def generate(cfg: DictConfig) -> dict:
     from rewards import build_reward
 
     out = Path(cfg.out_dir)
-    record_path = out / "record.json"
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
-        print(f"already done: {record_path} ({cfg.task.target} {record['scores'][cfg.task.target]:.4f})")
+    summary_path = out / "record.json"
+    if summary_path.exists():
+        record = json.loads(summary_path.read_text())
+        print(f"already done: {summary_path} ({cfg.task.target} {record['scores'][cfg.task.target]:.4f})")
         return record
     from baselines import build_method
     from tqdm.auto import tqdm
 
-    method = build_method(cfg.method.name, **method_params(cfg))
-    model = counted(build_model(cfg.model))
     prompts = [p for p in load_prompts(cfg.task) for _ in range(cfg.samples_per_prompt)]
+    dirs = [out / "items" / f"{i:04d}_s{item_seed(cfg, i)}" for i in range(len(prompts))]
+    todo = [i for i, d in enumerate(dirs) if not (d / "record.json").exists()]
+    model = counted(build_model(cfg.model))
     target = build_reward(cfg.task.target, model.latent_shape)
-    sde = FlowSDE(**cfg.sde)
-    start, answers = time.perf_counter(), []
-    for i, prompt in enumerate(tqdm(prompts, desc=cfg.method.name, disable=not cfg.progress)):
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)  # one stream per item: reproducible alone
-        answers.append(method(Problem(sde, model, prompt, target, cfg.steps, gen, cfg.task.condition_model)).x0)
-    x0 = torch.cat(answers)
-    wall = time.perf_counter() - start
+    if todo:
+        method = build_method(cfg.method.name, **method_params(cfg))
+        sde, chash = FlowSDE(**cfg.sde), config_hash(cfg)
+        print(f"{len(todo)} of {len(prompts)} items to generate ({len(prompts) - len(todo)} already done) -> {out}")
+        for i in tqdm(todo, desc=cfg.method.name, disable=not cfg.progress):
+            before, start = model.counter.snapshot(), time.perf_counter()
+            gen = torch.Generator().manual_seed(item_seed(cfg, i))
+            res = method(Problem(sde, model, prompts[i], target, cfg.steps, gen, cfg.task.condition_model))
+            wall, after = time.perf_counter() - start, model.counter.snapshot()
+            d = dirs[i]
+            d.mkdir(parents=True, exist_ok=True)
+            x0 = res.x0.detach().cpu()
+            write_atomic(d / "latent.pt", lambda p: torch.save(x0, p))
+            with torch.no_grad():
+                write_atomic(d / "image.png", lambda p: save_grid(model.decode(x0), p, fmt="PNG"))
+            record = {"index": i, "prompt": prompts[i], "seed": item_seed(cfg, i), "method": cfg.method.name,
+                      "target": cfg.task.target, "target_score": res.reward,
+                      "nfe": after["nfe"] - before["nfe"], "grad_nfe": after["grad_nfe"] - before["grad_nfe"],
+                      "wall_s": wall, "config_hash": chash, "method_config": method_params(cfg, for_record=True)}
+            write_atomic(d / "record.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+    return summarise(cfg, model, target, prompts, dirs, summary_path)
+
+
+def summarise(cfg: DictConfig, model, target, prompts: list[str], dirs: list[Path], summary_path: Path) -> dict:
+    """Score the finished items with the target, held-out evaluators and quality measures; write the summary."""
+    from rewards import build_reward
+
+    items = [json.loads((d / "record.json").read_text()) for d in dirs]
+    x0 = torch.cat([torch.load(d / "latent.pt") for d in dirs])
     with torch.no_grad():
         pixels = model.decode(x0)
         per_sample = {cfg.task.target: target(pixels, prompts)}
@@ -107,29 +144,27 @@ def generate(cfg: DictConfig) -> dict:
             if hasattr(r, "accuracy"):
                 per_sample[f"{name}_accuracy"] = r.accuracy(pixels, prompts)
         measures = quality(cfg.model.name, model, x0, pixels)
-    n = len(prompts)
+    n, out = len(prompts), summary_path.parent
     record = {
         "method": cfg.method.name, "model": cfg.model.name, "task": cfg.task.name, "seed": cfg.seed,
         "steps": cfg.steps, "prompts": prompts, "target": cfg.task.target,
         "scores": {k: v.float().mean().item() for k, v in per_sample.items()} | measures,
         "per_sample": {k: v.float().tolist() for k, v in per_sample.items()},
-        "nfe_per_sample": model.counter.nfe // n, "grad_nfe_per_sample": model.counter.grads // n,
-        "wall_s": wall, "config_hash": config_hash(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
+        "nfe_per_sample": sum(r["nfe"] for r in items) // n, "grad_nfe_per_sample": sum(r["grad_nfe"] for r in items) // n,
+        "wall_s": sum(r["wall_s"] for r in items), "config_hash": config_hash(cfg),
+        "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    out.mkdir(parents=True, exist_ok=True)
     save_grid(pixels, out / "samples.png")
-    tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, record_path)
+    write_atomic(summary_path, lambda p: p.write_text(json.dumps(record, indent=1)))
     s = record["scores"]
     held = ", ".join(f"{k} {s[k]:.3f}" for k in s if k != cfg.task.target)
     print(f"{cfg.method.name} on {cfg.model.name}/{cfg.task.name}: target {cfg.task.target} {s[cfg.task.target]:.3f} | "
-          f"held-out {held} | NFE {record['nfe_per_sample']} per sample, {wall:.1f} s\n"
-          f"images: {out / 'samples.png'}  record: {record_path}")
+          f"held-out {held} | NFE {record['nfe_per_sample']} per sample, {record['wall_s']:.1f} s\n"
+          f"images: {out / 'samples.png'}  record: {summary_path}")
     return record
 
 
-def save_grid(pixels: torch.Tensor, path: Path, columns: int = 10) -> None:
+def save_grid(pixels: torch.Tensor, path: Path, columns: int = 10, fmt: str | None = None) -> None:
     """Samples in a grid: grey or RGB images as they are; other tensors as their first channel, min-max scaled."""
     from PIL import Image
 
@@ -146,7 +181,7 @@ def save_grid(pixels: torch.Tensor, path: Path, columns: int = 10) -> None:
         grid[:, (i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = x[i]
     arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     img = Image.fromarray(arr[..., 0] if c == 1 else arr)
-    img.resize((img.width * 2, img.height * 2), Image.NEAREST).save(path)
+    img.resize((img.width * 2, img.height * 2), Image.NEAREST).save(path, format=fmt)
 
 
 __all__ = ["build_model", "generate", "quality", "save_grid"]
