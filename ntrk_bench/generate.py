@@ -25,7 +25,17 @@ MINI_MODELS = ("mini", "mini_exact")
 
 
 def config_hash(cfg: DictConfig) -> str:
-    return hashlib.sha256(json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True).encode()).hexdigest()[:12]
+    """Hash of everything that determines the results (not where they go or how progress is shown)."""
+    data = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("out_dir", "progress")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def check_same_config(path: Path, chash: str) -> None:
+    """Refuse to mix results of different configurations in one directory."""
+    found = json.loads(path.read_text()).get("config_hash")
+    if found != chash:
+        raise ValueError(f"{path} holds results of another configuration (config hash {found}, this run {chash}); "
+                         "choose another out_dir or remove it")
 
 
 def build_model(cfg: DictConfig):
@@ -94,7 +104,9 @@ def generate(cfg: DictConfig) -> dict:
 
     out = Path(cfg.out_dir)
     summary_path = out / "record.json"
+    chash = config_hash(cfg)
     if summary_path.exists():
+        check_same_config(summary_path, chash)
         record = json.loads(summary_path.read_text())
         print(f"already done: {summary_path} ({cfg.task.target} {record['scores'][cfg.task.target]:.4f})")
         return record
@@ -103,12 +115,15 @@ def generate(cfg: DictConfig) -> dict:
 
     prompts = [p for p in load_prompts(cfg.task) for _ in range(cfg.samples_per_prompt)]
     dirs = [out / "items" / f"{i:04d}_s{item_seed(cfg, i)}" for i in range(len(prompts))]
+    for d in dirs:
+        if (d / "record.json").exists():
+            check_same_config(d / "record.json", chash)
     todo = [i for i, d in enumerate(dirs) if not (d / "record.json").exists()]
     model = counted(build_model(cfg.model))
     target = build_reward(cfg.task.target, model.latent_shape)
     if todo:
         method = build_method(cfg.method.name, **method_params(cfg))
-        sde, chash = FlowSDE(**cfg.sde), config_hash(cfg)
+        sde = FlowSDE(**cfg.sde)
         print(f"{len(todo)} of {len(prompts)} items to generate ({len(prompts) - len(todo)} already done) -> {out}")
         for i in tqdm(todo, desc=cfg.method.name, disable=not cfg.progress):
             before, start = model.counter.snapshot(), time.perf_counter()

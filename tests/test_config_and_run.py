@@ -114,3 +114,41 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_items(tmp_path):
         assert torch.equal(torch.load(d / "latent.pt"), torch.load(run / "items" / d.name / "latent.pt")), d.name
     summary = json.loads((run / "record.json").read_text())
     assert summary["nfe_per_sample"] == 25 and len(summary["per_sample"]["mini_ink"]) == 10
+
+
+def test_outputs_are_per_configuration_and_never_mixed(tmp_path):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        a = compose("config", overrides=["method.gamma=0.1"], return_hydra_config=True)
+    assert "method.gamma=0.1" in str(a.hydra.job.override_dirname)
+    args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", "steps=2", "progress=false", "model=mini_exact",
+            "task.prompts=[a handwritten 1]"]
+    assert subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300).returncode == 0
+    other = subprocess.run(args + ["method.gamma=0.1"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert other.returncode != 0 and "holds results of another configuration" in other.stderr
+
+
+def test_submitit_sweep_killed_and_rerun_is_complete_and_unique(tmp_path):
+    """A mini sweep through hydra/launcher=local (submitit), SIGKILLed mid-way with all its workers, then rerun:
+    every job's items exist exactly once and every job has its summary."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "runs"
+    args = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=local", "model=mini_exact", "method=base,ntrk",
+            "seed=0,1", "task.prompts=[a handwritten 2,a handwritten 7,a handwritten 9]", "progress=false",
+            f"hydra.sweep.dir={tmp_path}/sweep", f"out_dir={out}/" + "${method.name}_${seed}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while len(list(out.glob("*/items/*/record.json"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list(out.glob("*/record.json"))) < 4  # killed before the sweep finished
+    again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for job in ("base_0", "base_1", "ntrk_0", "ntrk_1"):
+        records = sorted((out / job / "items").glob("*/record.json"))
+        assert len(records) == 3 and (out / job / "record.json").exists(), job
+        assert sorted(json.loads(r.read_text())["index"] for r in records) == [0, 1, 2]
+    assert not list(out.rglob("*.tmp"))
