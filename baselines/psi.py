@@ -19,7 +19,7 @@ Switch ``init_weights``: ``uniform`` (default; the MCMC output already targets t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -44,6 +44,7 @@ class PsiSampler:
     proposal: str = "twist"  # twist | ntrk
     gamma: float = 0.3
     whitening: Optional[dict] = None
+    _operators: dict = field(default_factory=dict, init=False, repr=False)  # one W per latent shape
 
     def __post_init__(self):
         if self.particles % self.chains:
@@ -92,8 +93,11 @@ class PsiSampler:
             from ntrk_bench.config import load_group
             from ntrk_bench.whitening import Whitening
 
-            cfg = self.whitening if self.whitening is not None else load_group("whitening", "full")
-            proposal = NoiseTiltProposal(self.gamma, Whitening(cfg, p.model.latent_shape))
+            shape = tuple(p.model.latent_shape)
+            if shape not in self._operators:
+                cfg = self.whitening if self.whitening is not None else load_group("whitening", "full")
+                self._operators[shape] = Whitening(cfg, shape)
+            proposal = NoiseTiltProposal(self.gamma, self._operators[shape])
         else:
             proposal = TwistProposal(grad_rms_cap=self.grad_rms_cap)
         smc = SMC(self.particles, self.alpha, proposal, None, select="max_reward")
