@@ -10,14 +10,18 @@ from __future__ import annotations
 from ntrk_bench.methods import Chain, Problem
 
 
+def cap_rms(g, cap: float | None):
+    """Rescale each sample's gradient to RMS ``cap`` where it exceeds it (Psi-Sampler's ``grad_norm``)."""
+    if cap is None:
+        return g
+    rms = g.flatten(1).square().mean(1).sqrt().clamp_min(1e-30)
+    return g * (cap / rms).clamp(max=1.0).view(-1, *([1] * (g.dim() - 1)))
+
+
 def dps_shift(scale: float, grad_rms_cap: float | None = None):
     def build(problem: Problem):
         def shift(ev, std, k):
-            g = ev.grad
-            if grad_rms_cap is not None:
-                rms = g.flatten(1).square().mean(1).sqrt().clamp_min(1e-30)
-                g = g * (grad_rms_cap / rms).clamp(max=1.0).view(-1, *([1] * (g.dim() - 1)))
-            return scale * std * std * g
+            return scale * std * std * cap_rms(ev.grad, grad_rms_cap)
         return shift
     return build
 

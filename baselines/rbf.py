@@ -21,8 +21,6 @@ import torch
 from ntrk_bench.methods import Problem, Result
 from ntrk_bench.sampling import evaluate
 
-from .svdd import _pick
-
 
 @dataclass
 class RBF:
@@ -36,7 +34,7 @@ class RBF:
         noise = p.noise(self.particles)
         ev = evaluate(p.sde, p.model, noise, times[0], p.cond(self.particles), p.value, with_grad=False)
         i = int(ev.value.argmax())
-        x, den, best = noise[i:i + 1], _pick(ev.den, i), float(ev.value[i])
+        x, den, best = noise[i:i + 1], ev.den.select(i), float(ev.value[i])
         used, cond = self.particles, p.cond(1)
         default = max((budget - used) // max(last, 1), 1)
         allowance, k, tried, step_best = default, 0, 0, None

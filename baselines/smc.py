@@ -26,6 +26,8 @@ from ntrk_bench.methods import Problem, Result
 from ntrk_bench.ntrk import tilted_noise
 from ntrk_bench.sampling import Evaluation, evaluate
 
+from .dps import cap_rms
+
 
 def gaussian_logpdf(x: torch.Tensor, mean: torch.Tensor, var: float) -> torch.Tensor:
     """Per-sample log N(x; mean, var I), summed over all but the first dim (float64)."""
@@ -55,10 +57,7 @@ class TwistProposal(Proposal):
     grad_rms_cap: Optional[float] = None  # Psi-Sampler's ``smc_grad_norm``
 
     def __call__(self, ev, mean, std, lam, alpha, eps):
-        g = ev.grad
-        if self.grad_rms_cap is not None:
-            rms = g.flatten(1).square().mean(1).sqrt().clamp_min(1e-30)
-            g = g * (self.grad_rms_cap / rms).clamp(max=1.0).view(-1, *([1] * (g.dim() - 1)))
+        g = cap_rms(ev.grad, self.grad_rms_cap)
         shifted = mean + (std * std * lam / alpha * self.scale) * g
         x = shifted + std * eps
         return x, gaussian_logpdf(x, mean, std * std) - gaussian_logpdf(x, shifted, std * std)
@@ -160,7 +159,7 @@ class SMC:
             if ess(logw) < self.ess_threshold * n:
                 a = RESAMPLERS[self.resampler](logw, p.generator)
                 x, twist = x[a], twist[a]
-                ev = Evaluation(type(ev.den)(*(t[a] for t in ev.den)), ev.value[a], ev.grad[a])
+                ev = Evaluation(ev.den.select(a), ev.value[a], ev.grad[a])
                 logw = torch.full_like(logw, -math.log(n))
             mean, std = sde.kernel(x, ev.den, times[k], times[k + 1])
             lam_next = 1.0 if k + 1 == p.steps else self.lam(k + 1)

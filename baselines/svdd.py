@@ -15,12 +15,6 @@ import torch
 
 from ntrk_bench.methods import Problem, Result
 from ntrk_bench.sampling import evaluate
-from ntrk_bench.sde import Denoised
-
-
-def _pick(den: Denoised, i: int) -> Denoised:
-    return Denoised(*(t[i:i + 1] for t in den))
-
 
 @dataclass
 class SVDD:
@@ -33,7 +27,7 @@ class SVDD:
         ev = evaluate(p.sde, p.model, cand, times[0], cond, p.value, with_grad=False)
         for k in range(p.steps + 1):
             i = int(ev.value.argmax())
-            x, den, best = cand[i:i + 1], _pick(ev.den, i), float(ev.value[i])
+            x, den, best = cand[i:i + 1], ev.den.select(i), float(ev.value[i])
             if k == p.steps:
                 break
             eps = torch.randn((m, *x.shape[1:]), generator=p.generator)

@@ -133,14 +133,14 @@ def generate(cfg: DictConfig) -> dict:
             d = dirs[i]
             d.mkdir(parents=True, exist_ok=True)
             x0 = res.x0.detach().cpu()
-            write_atomic(d / "latent.pt", lambda p: torch.save(x0, p))
+            write_atomic(d / "latent.pt", lambda p, x0=x0: torch.save(x0, p))
             with torch.no_grad():
-                write_atomic(d / "image.png", lambda p: save_grid(model.decode(x0), p, fmt="PNG"))
+                write_atomic(d / "image.png", lambda p, x0=x0: save_grid(model.decode(x0), p, fmt="PNG"))
             record = {"index": i, "prompt": prompts[i], "seed": item_seed(cfg, i), "method": cfg.method.name,
                       "target": cfg.task.target, "target_score": res.reward,
                       "nfe": after["nfe"] - before["nfe"], "grad_nfe": after["grad_nfe"] - before["grad_nfe"],
                       "wall_s": wall, "config_hash": chash, "method_config": method_params(cfg, for_record=True)}
-            write_atomic(d / "record.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+            write_atomic(d / "record.json", lambda p, r=record: p.write_text(json.dumps(r, indent=1)))
     return summarise(cfg, model, target, prompts, dirs, summary_path)
 
 

@@ -72,6 +72,11 @@ class Denoised(NamedTuple):
     def detach(self) -> "Denoised":
         return Denoised(*(t.detach() for t in self))
 
+    def select(self, index) -> "Denoised":
+        """The evaluations of the samples at ``index`` (an int keeps a batch dim of 1; a tensor gathers)."""
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return Denoised(*(t[index] for t in self))
+
 
 @dataclass(frozen=True)
 class FlowSDE:
