@@ -6,8 +6,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 EXTRAS  ?= dev,slurm,plot
+SUITE   ?= all
 
-.PHONY: setup run test bench probe mini-train clean
+.PHONY: setup run test bench probe mini-train eval tables clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -24,6 +25,12 @@ run: $(STAMP)                    ## the main job (offline, CPU)
 test: $(STAMP)                   ## the test suite
 	$(BIN)/python -m pytest tests $(ARGS)
 
+eval: $(STAMP)                   ## evaluation stage: held-out evaluators over results/runs (resumable)
+	$(BIN)/python -m ntrk_bench.evaluate $(ARGS)
+
+tables: $(STAMP)                 ## results/tables: CSV/Markdown/LaTeX + plots, paper values side by side (SUITE=all|paper|mini)
+	$(BIN)/python -m ntrk_bench.tables --suite $(SUITE) $(ARGS)
+
 bench: $(STAMP)                  ## speed benchmarks (ratios measured side by side in one run)
 	$(BIN)/python scripts/bench_whitening.py $(ARGS)
 
@@ -35,4 +42,4 @@ mini-train: $(STAMP)             ## retrain the mini suite's rewards and learned
 	$(BIN)/python scripts/train_mini.py
 
 clean:
-	rm -rf $(VENV) results/runs results/bench .pytest_cache
+	rm -rf $(VENV) results/runs results/multirun results/tables results/bench .pytest_cache

@@ -13,12 +13,14 @@ def main(cfg: DictConfig) -> None:
     import sys
 
     from ntrk_bench.generate import generate
+    from ntrk_bench.schema import ConfigError, validate
     from ntrk_bench.mini.net import MissingWeights
-    from ntrk_bench.models.flux import MissingModel
+    from ntrk_bench.hub import MissingModel
 
     try:
+        validate(cfg)  # before any model loads
         generate(cfg)
-    except (MissingModel, MissingWeights) as err:  # one line naming what to fetch, no traceback
+    except (ConfigError, MissingModel, MissingWeights) as err:  # one line naming what to fix or fetch, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -1,23 +1,45 @@
-"""The paper's NFE ledger: every (method, augment, particles, steps) row of its tables -> a method.
+"""NFE budgets: a method's particle count for a total budget, and the paper's ledger of table rows.
 
-``method_for(row)`` returns the configured method and the number of kernel steps for a table row of
-``paper_results.csv``; tests check that the NFE the counter *measures* equals the row's NFE. Rows with no
-particles/steps (Table 11, counting) follow the counting configs of the reference code: 40 particles x 25
-steps for the 1,000-NFE rows.
+``budget_params(method, nfe, steps, params)`` is the one place where a budget (``nfe=500`` on the command
+line) becomes method parameters: particles (or SVDD's candidates, DNO's updates) = what the budget buys
+after the method's fixed costs, per what one particle costs. The paper's table rows are the Hydra group
+``conf/row/`` (method, ``nfe``, steps and any reference setting the row implies); tests compose every
+row, *measure* its NFE, and check that every row of ``paper_results.csv`` has one. ``ledger_row`` keys a
+run as the paper's tables do. Rows with no particles/steps (Table 11, counting) follow the counting
+configs of the reference code: 40 particles x 25 steps; Psi-Sampler 20 particles, 5 chains x (50 + 50).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ntrk_bench.methods import base, ntrk
+#: the parameter a budget sets, per method (every other method: ``particles``)
+BUDGET_KEY = {"svdd": "candidates", "dno": "iterations"}
 
-from .das import DAS
-from .dno import DNO
-from .dps import dps
-from .freedom import FreeDoM
-from .psi import PsiSampler
-from .rbf import RBF
-from .svdd import SVDD
+
+def freedom_nfe_per_particle(steps: int, travel=(0.4, 0.7), repeats: int = 3) -> int:
+    """One FreeDoM trajectory: every step once, travel steps ``repeats`` times (baselines/freedom.py)."""
+    return steps + (repeats - 1) * sum(travel[0] <= k / steps < travel[1] for k in range(steps))
+
+
+def budget_params(method: str, nfe: int, steps: int, params: dict | None = None) -> dict:
+    """Method parameters that spend exactly ``nfe`` at ``steps`` kernel steps; ValueError if none do."""
+    p = dict(params or {})
+    fixed, per = 0, steps
+    if method == "freedom":
+        per = freedom_nfe_per_particle(steps, p.get("travel", (0.4, 0.7)), p.get("repeats", 3))
+    elif method == "psi":  # pCNL chains cost chains x (burn-in + MCMC steps) before SMC (baselines/psi.py)
+        fixed = p.get("chains", 5) * (p.get("burn_in", 25) + p.get("mcmc_steps", 25))
+    n, rest = divmod(nfe - fixed, per)
+    if n < 1 or rest:
+        raise ValueError(f"nfe={nfe} cannot be spent exactly by {method} at {steps} steps "
+                         f"({fixed} fixed + a multiple of {per} NFE per particle)")
+    key = BUDGET_KEY.get(method, "particles")
+    out = {key: n}
+    if method == "rbf":
+        out["budget"] = nfe
+    if method == "base" and n > 1:
+        raise ValueError(f"nfe={nfe} at {steps} steps is Best-of-{n}: use method=bon")
+    return out
 
 
 @dataclass(frozen=True)
@@ -25,41 +47,20 @@ class Row:
     method: str
     augment: str = ""
     particles: int = 1
-    steps: int = 25
+    steps: int | str = 25
     nfe: int = 25
 
 
-def method_for(row: Row, whitening=None):
-    """(method, steps) for a ledger row; raises NotImplementedError for methods not implemented yet.
-    ``whitening`` overrides NTRK's operator configuration (the NFE does not depend on it)."""
-    p, s = row.particles, row.steps
-    if isinstance(s, str) and "+" in s:  # "MCMC + SMC" steps: Psi-Sampler's scaffold, 2 particles per chain
-        mcmc, s = (int(v) for v in s.split("+"))
-        kw = {"whitening": whitening} if row.method == "ntrk" else {}
-        return PsiSampler(p, p // 2, mcmc, mcmc, proposal="ntrk" if row.method == "ntrk" else "twist", **kw), s
-    if row.method == "psi" and row.nfe == 1000:  # counting config: 20 particles, 5 chains x (50 + 50)
-        return PsiSampler(20, 5, 50, 50), 25
-    if row.method == "das":
-        return DAS(p), s
-    if row.method == "rbf":
-        return RBF(p if row.nfe != 1000 else 40, budget=row.nfe), s
-    if row.method == "dno":  # Table 10: 20 updates at 25 steps
-        return DNO(iterations=row.nfe // s), s
-    if row.method == "base" or row.method == "bon":
-        return base(p), s
-    if row.method == "dps":
-        return dps(p), s
-    if row.method == "ntrk" and row.augment in ("", "bon"):
-        return ntrk(p, whitening=whitening), s
-    if row.method == "svdd":
-        return SVDD(candidates=p), s
-    if row.method == "freedom":
-        if row.nfe == 1045:  # counting (Table 11): the paper gives no breakdown; 19 x 55 is one split that
-            return FreeDoM(19, travel=(0.2, 0.8)), s  # matches (travel on 20-80% of steps) - an inference
-        # 25-step images: the SD recipe scaled (41 NFE per particle); 13-step video: travel on 30-70% of
-        # the steps gives 13 + 6 x 2 = 25 NFE, the paper's video budget
-        return (FreeDoM(p) if s == 25 else FreeDoM(p, travel=(0.3, 0.7))), s
-    raise NotImplementedError(f"{row.method} ({row.augment or 'plain'}) is not implemented yet")
+def ledger_row(method: str, params: dict, steps: int, nfe: int) -> Row:
+    """A run's row in the paper's ledger, keyed as ``paper_results.csv`` is (dagger = ``bon`` augment)."""
+    if method == "psi":  # steps "MCMC+SMC"; NTRK's kernel in the scaffold is the paper's "NTRK, 25+25"
+        label = f"{params.get('mcmc_steps', 25)}+{steps}"
+        if params.get("proposal") == "ntrk":
+            return Row("ntrk", "psi", params.get("particles", 10), label, nfe)
+        return Row("psi", "", params.get("particles", 10), label, nfe)
+    particles = params.get(BUDGET_KEY.get(method, "particles"), 1) if method != "dno" else 1
+    dagger = method in ("dps", "freedom", "ntrk") and particles > 1
+    return Row(method, "bon" if dagger else "", particles, steps, nfe)
 
 
 def paper_rows(csv_path) -> list[Row]:

@@ -56,3 +56,21 @@ def diversity(pixels: torch.Tensor) -> float:
     d = torch.cdist(f, f)
     n = len(f)
     return float(d.sum() / (n * (n - 1)))
+
+
+class MiniQuality:
+    """The mini suite's quality evaluator: exact log-density per sample (from the saved latents), FD to real
+    split C and diversity per run."""
+
+    name = "mini_quality"
+
+    def evaluate(self, pixels: torch.Tensor, prompts=None, latents=None) -> dict:
+        from ntrk_bench.mini.exact import exact_mixture
+
+        out = {"diversity": diversity(pixels)}
+        if len(pixels) >= 8:
+            out["fd_to_real"] = fd_to_real(pixels)
+        if latents and all(p.exists() for p in latents):
+            x0 = torch.cat([torch.load(p) for p in latents])
+            out["log_density"] = exact_mixture().log_prob(x0).float().tolist()
+        return out

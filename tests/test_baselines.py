@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from baselines import build_method
-from baselines.budgets import Row, method_for, paper_rows
+from baselines.budgets import budget_params, ledger_row, paper_rows
 from ntrk_bench.config import load_group
 from ntrk_bench.methods import Problem
 from ntrk_bench.models import GaussianMixtureFlow, counted
@@ -38,20 +38,50 @@ def test_ledger_covers_the_paper_rows_of_implemented_methods():
     assert ("psi", "", 10, "25+25", 500) in got and ("ntrk", "psi", 10, "25+25", 500) in got
 
 
-def test_measured_nfe_equals_the_paper_ledger():
+def row_configs():
+    from hydra import compose, initialize_config_dir
+
+    from ntrk_bench.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return {p.stem: compose("config", overrides=[f"row={p.stem}", "whitening=twoos"])
+                for p in sorted((CONF_DIR / "row").glob("*.yaml"))}
+
+
+def test_every_table_row_spends_its_budget_exactly():
+    """Each conf/row option, built as run.py builds it, *measures* the NFE it names."""
+    from ntrk_bench.generate import method_params
+
     model, reward = toy()
-    twoos = load_group("whitening", "twoos")
-    for row in rows():
-        method, steps = method_for(row, whitening=twoos)
+    for name, cfg in row_configs().items():
+        method = build_method(cfg.method.name, **method_params(cfg))
         cm = counted(model)
-        method(Problem(FlowSDE(), cm, "", reward, steps, torch.Generator().manual_seed(0)))
-        assert cm.counter.nfe == row.nfe, (row, cm.counter.snapshot())
+        method(Problem(FlowSDE(), cm, "", reward, cfg.steps, torch.Generator().manual_seed(0)))
+        assert cm.counter.nfe == cfg.nfe, (name, cm.counter.snapshot())
 
 
-def test_every_paper_row_has_a_method():
-    assert {r.method for r in all_rows()} <= IMPLEMENTED
-    with pytest.raises(NotImplementedError, match="mystery"):
-        method_for(Row("mystery", "", 1, 25, 25))
+def test_every_paper_row_has_a_table_row():
+    """Every (method, particles, steps, NFE) of paper_results.csv is one conf/row option's ledger row."""
+    from ntrk_bench.generate import method_params
+
+    ours = {}
+    for name, cfg in row_configs().items():
+        r = ledger_row(cfg.method.name, method_params(cfg), cfg.steps, cfg.nfe)
+        ours[(r.method, r.particles, str(r.steps), r.nfe)] = ours[(r.method, r.nfe)] = name
+    for row in all_rows():
+        key = (row.method, row.nfe) if row.particles == 40 or row.method == "psi" and row.nfe == 1000 else \
+            (row.method, row.particles, str(row.steps), row.nfe)
+        assert key in ours, row
+
+
+def test_budgets_that_no_configuration_spends_are_refused():
+    assert budget_params("ntrk", 100, 25) == {"particles": 4} and budget_params("svdd", 500, 25) == {"candidates": 20}
+    assert budget_params("psi", 500, 25) == {"particles": 10} and budget_params("freedom", 533, 25) == {"particles": 13}
+    assert budget_params("rbf", 500, 25) == {"particles": 20, "budget": 500}
+    with pytest.raises(ValueError, match="cannot be spent exactly"):
+        budget_params("freedom", 100, 25)
+    with pytest.raises(ValueError, match="method=bon"):
+        budget_params("base", 100, 25)
 
 
 @pytest.mark.parametrize("name,params", [("bon", {"particles": 8}), ("dps", {"scale": 10.0}),

@@ -45,7 +45,10 @@ def test_run_py_writes_a_record_and_skips_finished_work(tmp_path, extra):
     assert first.returncode == 0, first.stderr
     record = json.loads((tmp_path / "r" / "record.json").read_text())
     assert record["nfe_per_sample"] == 4 and record["grad_nfe_per_sample"] == 4 and record["method"] == "ntrk"
-    assert record["target"] in record["scores"] and "log_density" in record["scores"]
+    assert record["target"] in record["scores"] and record["ledger"]["nfe"] == 4
+    if record["family"].startswith("mini"):  # evaluation ran right after generation (evaluate=true)
+        quality = json.loads((tmp_path / "r" / "eval" / "mini_quality.json").read_text())["scores"]
+        assert len(quality["log_density"]) == 10 and quality["fd_to_real"] > 0
     assert (tmp_path / "r" / "samples.png").stat().st_size > 0 and "images:" in first.stdout
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "already done" in again.stdout
@@ -54,7 +57,7 @@ def test_run_py_writes_a_record_and_skips_finished_work(tmp_path, extra):
 def test_unknown_method_is_a_clear_error(tmp_path):
     args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", "method.name=mystery", "steps=2"]
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode != 0 and "unknown method 'mystery'" in out.stderr
+    assert out.returncode == 2 and "method.name='mystery': unknown method" in out.stderr
 
 
 @pytest.mark.parametrize("method", options("method"))
@@ -80,7 +83,8 @@ def test_paper_task_composes_flux_and_exits_at_once_without_weights(tmp_path):
 
     assert len(load_prompts(cfg.task)) == 45 and "hedgehog" in load_prompts(cfg.task)
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "task=aesthetic", f"out_dir={tmp_path}/r"],
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "method=ntrk", "task=aesthetic", "nfe=25",
+                          f"out_dir={tmp_path}/r"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
     assert out.returncode == 2, out.stderr
     assert "huggingface-cli download black-forest-labs/FLUX.1-schnell" in out.stderr

@@ -9,30 +9,15 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer  # noqa: E402
+from tiny import clip_tokenizer, t5_tokenizer  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel  # noqa: E402
 
 from ntrk_bench.models.flux import FluxFlow, MissingModel  # noqa: E402
 from ntrk_bench.sde import FlowSDE  # noqa: E402
 
 
 def _tokenizers():
-    bs = list(range(33, 127)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    chars = [chr(c) for c in cs]
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    for tok in ("ca", "cat</w>", "<|startoftext|>", "<|endoftext|>"):
-        vocab[tok] = len(vocab)
-    clip = CLIPTokenizer(vocab=vocab, merges=[("c", "a"), ("ca", "t</w>")], model_max_length=77)
-    t5 = T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
-                     + [(c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789.,"]
-                     + [("\u2581" + w, -1.5) for w in ["a", "cat", "photo", "of"]], extra_ids=0, model_max_length=512)
-    return clip, t5
+    return clip_tokenizer(), t5_tokenizer()
 
 
 @pytest.fixture(scope="module")

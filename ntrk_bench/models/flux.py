@@ -15,23 +15,9 @@ from typing import Sequence
 
 import torch
 
+from ..hub import MissingModel, from_pretrained
 
-class MissingModel(RuntimeError):
-    """Raised with one line naming the model to fetch when weights are not available offline."""
-
-
-def load_pipeline(cls, model_id: str, dtype: torch.dtype, what: str, allow_download: bool = False):
-    """``cls.from_pretrained`` with a one-line error naming what to fetch when the weights are absent.
-
-    Unless ``allow_download``, only local files are used (compute nodes are usually offline, and a run
-    should fail at once rather than wait on the hub)."""
-    try:
-        return cls.from_pretrained(model_id, dtype=dtype, local_files_only=not allow_download)
-    except (OSError, ValueError) as err:  # missing files, no network, gated repo
-        raise MissingModel(
-            f"{what} weights not found for '{model_id}' (offline, or not downloaded). Fetch them on a machine "
-            f"with hub access: `huggingface-cli download {model_id}` (then set HF_HOME, or model.model_id to the "
-            f"local copy); original error: {type(err).__name__}") from None
+__all__ = ["FluxFlow", "MissingModel"]
 
 
 @dataclass
@@ -59,12 +45,18 @@ class FluxFlow:
 
     @classmethod
     def from_pretrained(cls, model_id: str, dtype: str = "bfloat16", device: str = "cpu", allow_download: bool = False,
-                        **kwargs) -> "FluxFlow":
-        from diffusers import FluxPipeline
+                        transformer_id: str | None = None, **kwargs) -> "FluxFlow":
+        """The pipeline of ``model_id``; ``transformer_id`` swaps in a fine-tuned transformer (MixGRPO)."""
+        from diffusers import FluxPipeline, FluxTransformer2DModel
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_pipeline(FluxPipeline, model_id, getattr(torch, dtype), "FLUX", allow_download).to(device)
+        extra = {}
+        if transformer_id:
+            extra["transformer"] = from_pretrained(FluxTransformer2DModel, transformer_id, "fine-tuned FLUX transformer",
+                                                   allow_download, torch_dtype=getattr(torch, dtype))
+        pipe = from_pretrained(FluxPipeline, model_id, "FLUX", allow_download, dtype=getattr(torch, dtype), **extra)
+        pipe = pipe.to(device)
         return cls(pipe, device=device, **kwargs)
 
     def condition(self, prompts: Sequence[str]) -> FluxCondition:

@@ -42,6 +42,7 @@ class BlockConfig:
 
 @dataclass
 class WhiteningConfig:
+    name: str = "custom"  # the conf/whitening option it came from (a label: records and tables)
     input_norm: str = "rms"  # rms | none
     level: float = 0.999  # per-entry confidence level of every interval
     stat_chunk: int = 2  # 2OS chunk side used on the tile-statistic fields

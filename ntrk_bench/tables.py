@@ -1,0 +1,245 @@
+"""Tables and plots from finished runs: ``make tables`` (``python -m ntrk_bench.tables``).
+
+Every run directory (``record.json`` + ``eval/*.json``) becomes rows of one long table, one per (run,
+sample, metric). Cells are the mean and standard error over prompts and seeds (per-run metrics such as
+FD: over seeds). Paper tables (``paper_results.csv``, ``paper_ablations.csv``) are rebuilt row by row
+with the paper's value and our difference beside each cell; rows not run yet show as missing. Runs of
+other models or tasks (the mini suite) get tables of their own. Writes CSV, Markdown and LaTeX to
+``results/tables/`` and plots (reward vs NFE; target vs held-out) as PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+#: our metric names -> the paper's
+METRIC_NAMES = {"laion_aesthetic": "aesthetic", "t2icount": "t2icount_loss", **{
+    f"vbench_{d}": d for d in ("subject_consistency", "background_consistency", "motion_smoothness",
+                               "dynamic_degree", "aesthetic_quality", "imaging_quality")}}
+#: our model family -> the paper's model column
+FAMILIES = {"flux": "flux", "zimage": "zimage", "wan": "wan2.1"}
+#: our whitening options -> the paper's ablation labels (Figs. 13, 14)
+WHITENING_LABELS = {"fig13_components": {"twoos": "whitening=2os", "tiles": "whitening=2os+tile",
+                                         "full": "whitening=2os+tile+domains"},
+                    "fig14_operators": {"identity": "whitening=identity", "norm": "whitening=norm",
+                                        "wgnc": "whitening=wgnc", "full": "whitening=ours"}}
+#: Table 2 = the 500-NFE rows of Tables 14 and 15 with NTRK at 25 NFE
+TABLE2 = {("base", 25), ("bon", 500), ("dps", 500), ("freedom", 533), ("svdd", 500), ("rbf", 500), ("das", 500),
+          ("psi", 500), ("ntrk", 25)}
+KEYS = ["model", "method", "augment", "particles", "steps", "nfe"]
+
+
+def collect(root: Path) -> pd.DataFrame:
+    """One row per (run, sample, metric); per-run metrics have sample -1."""
+    rows = []
+    for rec_path in sorted(Path(root).rglob("record.json")):
+        if rec_path.parent.parent.name == "items":
+            continue
+        rec = json.loads(rec_path.read_text())
+        if "ledger" not in rec:
+            continue
+        cfg, run = rec["config"], rec_path.parent
+        base = {"run": str(run), "family": rec["family"], "model": rec["model"], "task": rec["task"],
+                "target": METRIC_NAMES.get(rec["target"], rec["target"]),
+                "seed": rec["seed"], **rec["ledger"], "gamma": cfg["method"].get("gamma"),
+                "whitening": cfg["whitening"].get("name") if cfg["method"]["name"] in ("ntrk", "psi") else None}
+        metrics = {k: v for k, v in rec["per_sample"].items()}
+        for path in sorted((run / "eval").glob("*.json")):
+            metrics |= json.loads(path.read_text())["scores"]
+        for metric, values in metrics.items():
+            name = METRIC_NAMES.get(metric, metric)
+            if isinstance(values, list):
+                rows += [base | {"sample": i, "metric": name, "value": v} for i, v in enumerate(values)]
+            else:
+                rows.append(base | {"sample": -1, "metric": name, "value": values})
+    return pd.DataFrame(rows)
+
+
+def summarise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean, standard error and count per (keys, metric)."""
+    g = df.groupby(keys + ["metric"], dropna=False)["value"]
+    out = g.agg(mean="mean", sd="std", n="count").reset_index()
+    out["se"] = out["sd"] / out["n"].pow(0.5)
+    return out.drop(columns="sd")
+
+
+def fmt(mean, se) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    return f"{mean:.4g}" if se is None or math.isnan(se) else f"{mean:.4g} ± {se:.2g}"
+
+
+def label(r) -> str:
+    dagger = "†" if r["augment"] == "bon" else " (Psi scaffold)" if r["augment"] == "psi" else ""
+    return f"{r['method']}{dagger} {r['particles']}x{r['steps']}"
+
+
+def write(table: pd.DataFrame, out: Path, name: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(table.to_markdown(index=False) + "\n")
+    (out / f"{name}.tex").write_text(table.to_latex(index=False, escape=True))
+
+
+def paper_table(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """The paper's rows (in its order) with our mean ± SE, the paper's value and the difference per metric.
+    Rows without particles/steps in the paper (Table 11) match on (method, NFE)."""
+    paper = paper.copy()
+    metrics = list(dict.fromkeys(paper["metric"]))
+    rows = []
+    for key, prow in paper.groupby(["method", "augment", "particles", "steps", "nfe"], sort=False, dropna=False):
+        method, augment, particles, steps, nfe = key
+        m = ours[(ours["method"] == method) & (ours["nfe"] == int(nfe))]
+        if particles:
+            m = m[(m["particles"].astype(str) == particles) & (m["steps"].astype(str) == steps)]
+        row = {"method": method + ("†" if augment == "bon" else " (Psi scaffold)" if augment == "psi" else ""),
+               "particles": particles, "steps": steps, "nfe": int(nfe)}
+        models = sorted(m["model"].unique()) or [None]
+        for model in models:
+            mm = m[m["model"] == model] if model else m
+            r = dict(row, model=model or "—")
+            for metric in metrics:
+                c = mm[mm["metric"] == metric]
+                mean = float(c["mean"].iloc[0]) if len(c) else float("nan")
+                se = float(c["se"].iloc[0]) if len(c) else float("nan")
+                pv = float(prow[prow["metric"] == metric]["value"].iloc[0])
+                r[metric] = fmt(mean, se)
+                r[f"{metric} (paper)"] = f"{pv:.4g}"
+                r[f"{metric} (diff)"] = "—" if math.isnan(mean) else f"{mean - pv:+.3g}"
+            r["n"] = int(mm["n"].max()) if len(mm) else 0
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def own_table(ours: pd.DataFrame, target: str) -> pd.DataFrame:
+    """A table of every configuration run (no paper values): target first, then the other metrics, and
+    wall time per sample."""
+    metrics = [target] + sorted(m for m in ours["metric"].unique() if m not in (target, "nfe", "grad_nfe", "wall_s"))
+    rows = []
+    cols = KEYS + ["gamma", "whitening"]
+    for key, g in ours.groupby(cols, dropna=False, sort=True):
+        r = dict(zip(cols, key))
+        for metric in metrics + ["wall_s"]:
+            c = g[g["metric"] == metric]
+            r[metric] = fmt(float(c["mean"].iloc[0]), float(c["se"].iloc[0])) if len(c) else "—"
+        r["n"] = int(g["n"].max())
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def plots(df: pd.DataFrame, out: Path, name: str, target: str, held_out: list[str]) -> None:
+    """Target reward vs NFE per method, and target vs each held-out metric (the frontier), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarise(df, KEYS + ["gamma", "whitening"])
+    t = s[s["metric"] == target]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, g in t.groupby("method"):
+        g = g.sort_values("nfe")
+        ax.errorbar(g["nfe"], g["mean"], yerr=g["se"], marker="o", label=method, capsize=2)
+    ax.set_xscale("log")
+    ax.set(xlabel="NFE per sample", ylabel=target, title=name)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}_reward_vs_nfe.png", dpi=120)
+    plt.close(fig)
+    for h in held_out:
+        hh = s[s["metric"] == h]
+        if hh.empty:
+            continue
+        both = t.merge(hh, on=KEYS + ["gamma", "whitening"], suffixes=("_t", "_h"))
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method, g in both.groupby("method"):
+            ax.errorbar(g["mean_t"], g["mean_h"], xerr=g["se_t"], yerr=g["se_h"], fmt="o", label=method, capsize=2)
+        ax.set(xlabel=f"{target} (target)", ylabel=f"{h} (held out)", title=name)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}_frontier_{h}.png", dpi=120)
+        plt.close(fig)
+
+
+def build(root: Path, out: Path, paper_dir: Path | None, suite: str = "all") -> list[str]:
+    """Every table and plot the finished runs allow; returns the names written."""
+    df = collect(root)
+    if df.empty:
+        raise SystemExit(f"error: no finished runs under {root}")
+    mini = df["family"].isin(["mini", "mini_exact", "gmm"])
+    df = df[mini] if suite == "mini" else df[~mini] if suite == "paper" else df
+    written = []
+    for (family, task), d in df.groupby(["family", "task"]):
+        s = summarise(d, KEYS + ["gamma", "whitening"])
+        tgt, name = d["target"].iloc[0], f"{task}_{family}"
+        write(own_table(s, tgt), out, name)
+        held = [m for m in s["metric"].unique() if m not in (tgt, "nfe", "grad_nfe", "wall_s")]
+        plots(d, out, name, tgt, held)
+        written.append(name)
+        if paper_dir is None or family not in FAMILIES:
+            continue
+        main = summarise(d[d["gamma"].isna() | (d["whitening"].isin([None, "full", "full_wan"]))], KEYS)
+        written += paper_tables(main, s, d, paper_dir, FAMILIES[family], task, out)
+    return written
+
+
+def paper_tables(main: pd.DataFrame, s: pd.DataFrame, d: pd.DataFrame, paper_dir: Path, family: str, task: str,
+                 out: Path) -> list[str]:
+    written = []
+    res = pd.read_csv(paper_dir / "paper_results.csv", dtype=str).fillna("")
+    res = res[(res["model"] == family) & (res["task"] == task)]
+    for table, p in res.groupby("table"):
+        write(paper_table(main, p), out, f"{table}")
+        written.append(table)
+        if table in ("table14", "table15"):
+            part = p[[(m, int(n)) in TABLE2 for m, n in zip(p["method"], p["nfe"])] |
+                     ((p["method"] == "ntrk") & (p["nfe"] == "500") & (p["particles"] == "20"))]
+            write(paper_table(main, part), out, f"table2_{task}")
+            written.append(f"table2_{task}")
+    abl = pd.read_csv(paper_dir / "paper_ablations.csv", dtype=str).fillna("")
+    abl = abl[(abl["model"] == family) & (abl["task"] == task)]
+    base = summarise(d[d["method"] == "base"], ["metric"]).assign(key="whitening=base")
+    for table, p in abl.groupby("table"):
+        if table == "fig7_lambda":
+            ours = summarise(d[(d["method"] == "ntrk") & (d["nfe"] == 25) & (d["whitening"] == "full")], ["gamma"])
+            ours["key"] = "lambda=" + ours["gamma"].map(lambda g: f"{g:g}")
+        else:
+            labels = WHITENING_LABELS[table]
+            ours = summarise(d[(d["method"] == "ntrk") & (d["nfe"] == 25) & (d["gamma"] == 0.3)], ["whitening"])
+            ours["key"] = ours["whitening"].map(labels)
+            ours = pd.concat([ours, base])
+        rows = []
+        for key, q in p.groupby("augment", sort=False):
+            r = {"setting": key}
+            for _, pr in q.iterrows():
+                c = ours[(ours["key"] == key) & (ours["metric"] == pr["metric"])]
+                r[pr["metric"]] = fmt(float(c["mean"].iloc[0]), float(c["se"].iloc[0])) if len(c) else "—"
+                r[f"{pr['metric']} (paper)"] = f"{float(pr['value']):.4g}"
+            rows.append(r)
+        write(pd.DataFrame(rows), out, table)
+        written.append(table)
+    return written
+
+
+def main(argv=None) -> None:
+    here = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(prog="python -m ntrk_bench.tables", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", default="results/runs")
+    ap.add_argument("--out", default="results/tables")
+    ap.add_argument("--suite", choices=["all", "paper", "mini"], default="all")
+    ap.add_argument("--paper", default=str(here.parent / "shared" / "paper" / "tables"),
+                    help="directory of paper_results.csv and paper_ablations.csv")
+    args = ap.parse_args(argv)
+    paper = Path(args.paper) if (Path(args.paper) / "paper_results.csv").exists() else None
+    if paper is None:
+        print(f"note: no paper tables at {args.paper}; writing our tables only")
+    names = build(Path(args.root), Path(args.out), paper, args.suite)
+    print(f"wrote {len(names)} tables to {args.out}: {', '.join(names)}")
+
+
+if __name__ == "__main__":
+    main()
