@@ -28,8 +28,12 @@ test: $(STAMP)                   ## the test suite
 eval: $(STAMP)                   ## evaluation stage: held-out evaluators over results/runs (resumable)
 	$(BIN)/python -m ntrk_bench.evaluate $(ARGS)
 
-tables: $(STAMP)                 ## results/tables: CSV/Markdown/LaTeX + plots, paper values side by side (SUITE=all|paper|mini)
+tables: $(STAMP)                 ## results/tables: CSV/Markdown/LaTeX + plots, paper values side by side (SUITE=all|paper)
+ifeq ($(SUITE),mini)                 # SUITE=mini: run the mini sweeps (resumable), evaluate, tables, docs/RESULTS.md
+	$(BIN)/python scripts/mini_paper.py $(ARGS)
+else
 	$(BIN)/python -m ntrk_bench.tables --suite $(SUITE) $(ARGS)
+endif
 
 bench: $(STAMP)                  ## speed benchmarks (ratios measured side by side in one run)
 	$(BIN)/python scripts/bench_whitening.py $(ARGS)

@@ -3,7 +3,7 @@
 Best-of-N and the dagger variants are the ``particles`` option of single-trajectory methods
 (``ntrk_bench.methods.Chain``), not separate implementations.
 """
-from ntrk_bench.methods import base, ntrk
+from ntrk_bench.methods import base, meanshift, ntrk
 
 from .das import DAS
 from .dno import DNO
@@ -14,7 +14,7 @@ from .rbf import RBF
 from .svdd import SVDD
 
 METHODS = {"base": base, "bon": base, "ntrk": ntrk, "dps": dps, "freedom": FreeDoM, "svdd": SVDD, "das": DAS,
-           "psi": PsiSampler, "rbf": RBF, "dno": DNO}
+           "psi": PsiSampler, "rbf": RBF, "dno": DNO, "meanshift": meanshift}
 
 
 def build_method(name: str, **params):
@@ -24,4 +24,4 @@ def build_method(name: str, **params):
     return METHODS[name](**params)
 
 
-__all__ = ["DAS", "DNO", "METHODS", "PsiSampler", "RBF", "SVDD", "FreeDoM", "base", "build_method", "dps", "ntrk"]
+__all__ = ["DAS", "DNO", "METHODS", "PsiSampler", "RBF", "SVDD", "FreeDoM", "base", "build_method", "dps", "meanshift", "ntrk"]

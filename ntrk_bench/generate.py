@@ -97,7 +97,7 @@ def method_params(cfg: DictConfig, for_record: bool = False) -> dict:
     params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
     if cfg.get("nfe"):
         params |= budget_params(cfg.method.name, cfg.nfe, cfg.steps, params)
-    if cfg.method.name == "ntrk" or params.get("proposal") == "ntrk":
+    if cfg.method.name in ("ntrk", "meanshift") or params.get("proposal") == "ntrk":  # methods that whiten
         params["whitening"] = OmegaConf.to_container(cfg.whitening, resolve=True) if for_record else cfg.whitening
     return params
 

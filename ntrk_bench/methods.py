@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .ntrk import ntrk_rule
+from .ntrk import STRENGTH_REF, mean_shift_rule, ntrk_rule
 from .sampling import NoiseRule, ShiftRule, initial_noise, sample_chain
 from .sde import FlowSDE
 
@@ -79,18 +79,31 @@ def base(particles: int = 1) -> Chain:
     return Chain(particles)
 
 
-def ntrk(particles: int = 1, gamma: float = 0.3, whitening=None) -> Chain:
-    """NTRK (eqs. 10-13); particles > 1 is NTRK-dagger (Best-of-N over independent NTRK runs)."""
+def whitening_per_shape(whitening=None) -> Callable[[Problem], Callable]:
+    """problem -> the whitening operator for its latent shape, built once per shape (bounds are cached)."""
     from .config import load_group
     from .whitening import Whitening
 
     cfg = whitening if whitening is not None else load_group("whitening", "full")
     operators: dict = {}
 
-    def build(problem: Problem) -> NoiseRule:
+    def get(problem: Problem):
         shape = tuple(problem.model.latent_shape)
         if shape not in operators:
             operators[shape] = Whitening(cfg, shape)
-        return ntrk_rule(gamma, operators[shape])
+        return operators[shape]
 
-    return Chain(particles, noise_rule=build, needs_grad=True)
+    return get
+
+
+def ntrk(particles: int = 1, gamma: float | str = 0.3, strength: float = STRENGTH_REF, whitening=None) -> Chain:
+    """NTRK (eqs. 10-13); particles > 1 is NTRK-dagger (Best-of-N over independent NTRK runs);
+    ``gamma="auto"``: dimension-aware strength (ntrk.py)."""
+    operator = whitening_per_shape(whitening)
+    return Chain(particles, noise_rule=lambda p: ntrk_rule(gamma, operator(p), strength), needs_grad=True)
+
+
+def meanshift(particles: int = 1, gamma: float | str = 0.3, strength: float = STRENGTH_REF, whitening=None) -> Chain:
+    """The mean-shift control of NTRK: the same whitened, rescaled gradient added to the mean (ntrk.py)."""
+    operator = whitening_per_shape(whitening)
+    return Chain(particles, shift_rule=lambda p: mean_shift_rule(gamma, operator(p), strength), needs_grad=True)

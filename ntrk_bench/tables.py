@@ -1,7 +1,7 @@
 """Tables and plots from finished runs: ``make tables`` (``python -m ntrk_bench.tables``).
 
 Every run directory (``record.json`` + ``eval/*.json``) becomes rows of one long table, one per (run,
-sample, metric). Cells are the mean and standard error over prompts and seeds (per-run metrics such as
+sample, metric); a configuration reached by two sweeps (same config hash) counts once. Cells are the mean and standard error over prompts and seeds (per-run metrics such as
 FD: over seeds). Paper tables (``paper_results.csv``, ``paper_ablations.csv``) are rebuilt row by row
 with the paper's value and our difference beside each cell; rows not run yet show as missing. Runs of
 other models or tasks (the mini suite) get tables of their own. Writes CSV, Markdown and LaTeX to
@@ -35,18 +35,19 @@ KEYS = ["model", "method", "augment", "particles", "steps", "nfe"]
 
 def collect(root: Path) -> pd.DataFrame:
     """One row per (run, sample, metric); per-run metrics have sample -1."""
-    rows = []
+    rows, seen = [], set()
     for rec_path in sorted(Path(root).rglob("record.json")):
         if rec_path.parent.parent.name == "items":
             continue
         rec = json.loads(rec_path.read_text())
-        if "ledger" not in rec:
+        if "ledger" not in rec or rec["config_hash"] in seen:  # the same configuration reached by two sweeps
             continue
+        seen.add(rec["config_hash"])
         cfg, run = rec["config"], rec_path.parent
         base = {"run": str(run), "family": rec["family"], "model": rec["model"], "task": rec["task"],
                 "target": METRIC_NAMES.get(rec["target"], rec["target"]),
                 "seed": rec["seed"], **rec["ledger"], "gamma": cfg["method"].get("gamma"),
-                "whitening": cfg["whitening"].get("name") if cfg["method"]["name"] in ("ntrk", "psi") else None}
+                "whitening": cfg["whitening"].get("name") if cfg["method"]["name"] in ("ntrk", "psi", "meanshift") else None}
         metrics = {k: v for k, v in rec["per_sample"].items()}
         for path in sorted((run / "eval").glob("*.json")):
             metrics |= json.loads(path.read_text())["scores"]

@@ -100,7 +100,7 @@ def test_bad_value_on_the_command_line_exits_before_any_model_loads(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "run.py"), "task=aesthetic", "method.gamma=3",
                           f"out_dir={tmp_path}/r"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        "error: method.gamma=3: must be in [0, 1] (NTRK mixes gamma W(g) with sqrt(1 - gamma^2) noise)"]
+        "error: method.gamma=3: must be in [0, 1] (NTRK mixes gamma W(g) with sqrt(1 - gamma^2) noise) or auto"]
 
 
 @pytest.fixture(scope="module")

@@ -74,3 +74,41 @@ def test_ntrk_raises_the_reward_over_base_and_grows_with_gamma(setup):
                            noise_rule=ntrk_rule(gamma, W))
         scores[gamma] = value(out).mean().item()
     assert scores[0.0] < scores[0.1] < scores[0.3], scores
+
+
+def test_auto_gamma_holds_the_effective_strength_fixed_across_latent_sizes():
+    """gamma="auto": gamma cos(W(g), g) sqrt(D) equals the configured strength (App. A.5, eq. 63), so a smaller
+    latent gets a larger gamma for the same gradient field; the result is still unit-variance noise."""
+    from ntrk_bench.fields import smooth_field
+    from ntrk_bench.ntrk import STRENGTH_REF, strength_gamma
+
+    gammas = {}
+    for shape in [(4, 32, 32), (16, 64, 64)]:
+        W = Whitening(load_group("whitening", "full"), shape)
+        g = smooth_field((3, *shape), 0)
+        w = W(g)
+        gamma = strength_gamma(g, w)
+        cos = torch.nn.functional.cosine_similarity(w.flatten(1), g.flatten(1), dim=1)
+        torch.testing.assert_close(gamma * cos * math.sqrt(math.prod(shape)), torch.full((3,), STRENGTH_REF))
+        gammas[shape] = gamma.mean().item()
+        n = tilted_noise(g, torch.randn(3, *shape, generator=torch.Generator().manual_seed(1)), "auto", W)
+        assert (n.flatten(1).square().mean(1) - 1).abs().max() < 0.05
+    assert gammas[(4, 32, 32)] > gammas[(16, 64, 64)]
+    assert 0.2 < gammas[(16, 64, 64)] < 0.5  # the paper's setting gives back ~0.3 at FLUX's size
+
+
+def test_mean_shift_control_moves_the_mean_by_ntrks_expected_noise(setup):
+    """The control's shift is std * gamma * W(g): the expectation of NTRK's injected term over eps (eq. 12)."""
+    from ntrk_bench.ntrk import mean_shift_rule
+
+    model, value, W = setup
+    sde = FlowSDE()
+    x = initial_noise(model, 4, torch.Generator().manual_seed(8))
+    tau, tau_next = sde.times(25)[5], sde.times(25)[6]
+    ev = evaluate(sde, model, x, tau, None, value)
+    std = sde.std(tau, tau_next)
+    shift = mean_shift_rule(0.3, W)(ev, std, 5)
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    tilt = ntrk_rule(0.3, W)(ev, eps, 5) - math.sqrt(1 - 0.3 ** 2) * eps  # NTRK's noise minus its fresh part
+    torch.testing.assert_close(shift, std * tilt, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(shift, std * 0.3 * W(ev.grad))
