@@ -155,9 +155,7 @@ def claim_whitening(s: pd.DataFrame) -> list[str]:
     for task, target in (("mini_aesthetic", "mini_ink"), ("mini_text", "mini_align")):
         m = s[(s["model"] == "mini") & (s["task"] == task) & (s["nfe"] == 25) & (s["particles"] == 1)]
         rows = []
-        for gamma in sorted(m[m["method"] == "ntrk"]["gamma"].dropna().unique()):
-            if not isinstance(gamma, float):
-                continue
+        for gamma in sorted(g for g in m[m["method"] == "ntrk"]["gamma"].dropna().unique() if not isinstance(g, str)):
             w = dict(gamma=gamma, whitening="full")
             n, c = (cell(m, target, method=x, **w) for x in ("ntrk", "meanshift"))
             nq, cq = (cell(m, "log_density", method=x, **w) for x in ("ntrk", "meanshift"))

@@ -141,16 +141,19 @@ def plots(df: pd.DataFrame, out: Path, name: str, target: str, held_out: list[st
 
     s = summarise(df, KEYS + ["gamma", "whitening"])
     t = s[s["metric"] == target]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for method, g in t.groupby("method"):
-        g = g.sort_values("nfe")
-        ax.errorbar(g["nfe"], g["mean"], yerr=g["se"], marker="o", label=method, capsize=2)
-    ax.set_xscale("log")
-    ax.set(xlabel="NFE per sample", ylabel=target, title=name)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / f"{name}_reward_vs_nfe.png", dpi=120)
-    plt.close(fig)
+    wall = t.merge(s[s["metric"] == "wall_s"], on=KEYS + ["gamma", "whitening"], suffixes=("", "_wall"))
+    for x, xlabel, data, suffix in [("nfe", "NFE per sample", t, "nfe"),
+                                    ("mean_wall", "wall time per sample (s)", wall, "wall")]:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method, g in data.groupby("method"):
+            g = g.sort_values(x)
+            ax.errorbar(g[x], g["mean"], yerr=g["se"], marker="o", ls="", label=method, capsize=2)
+        ax.set_xscale("log")
+        ax.set(xlabel=xlabel, ylabel=target, title=f"{name}: target vs {'NFE' if x == 'nfe' else 'wall time'}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}_reward_vs_{suffix}.png", dpi=120)
+        plt.close(fig)
     for h in held_out:
         hh = s[s["metric"] == h]
         if hh.empty:
