@@ -31,6 +31,7 @@ WHITENING_LABELS = {"fig13_components": {"twoos": "whitening=2os", "tiles": "whi
 TABLE2 = {("base", 25), ("bon", 500), ("dps", 500), ("freedom", 533), ("svdd", 500), ("rbf", 500), ("das", 500),
           ("psi", 500), ("ntrk", 25)}
 KEYS = ["model", "method", "augment", "particles", "steps", "nfe"]
+CONFIG = KEYS + ["gamma", "whitening", "variant"]  # everything that makes two runs different configurations
 
 
 def collect(root: Path) -> pd.DataFrame:
@@ -47,6 +48,7 @@ def collect(root: Path) -> pd.DataFrame:
         base = {"run": str(run), "family": rec["family"], "model": rec["model"], "task": rec["task"],
                 "target": METRIC_NAMES.get(rec["target"], rec["target"]),
                 "seed": rec["seed"], **rec["ledger"], "gamma": cfg["method"].get("gamma"),
+                "scale": cfg["method"].get("scale"), "variant": variant(cfg["method"]),
                 "whitening": cfg["whitening"].get("name") if cfg["method"]["name"] in ("ntrk", "psi", "meanshift") else None}
         metrics = {k: v for k, v in rec["per_sample"].items()}
         for path in sorted((run / "eval").glob("*.json")):
@@ -58,6 +60,13 @@ def collect(root: Path) -> pd.DataFrame:
             else:
                 rows.append(base | {"sample": -1, "metric": name, "value": values})
     return pd.DataFrame(rows)
+
+
+def variant(method: dict) -> str:
+    """A method's settings other than its budget, as one string: configurations differing in any of them
+    (DPS's scale, DAS's alpha, ...) are different rows."""
+    budget = {"name", "particles", "candidates", "iterations", "budget"}
+    return ",".join(f"{k}={v}" for k, v in sorted(method.items()) if k not in budget)
 
 
 def summarise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -121,7 +130,7 @@ def own_table(ours: pd.DataFrame, target: str) -> pd.DataFrame:
     wall time per sample."""
     metrics = [target] + sorted(m for m in ours["metric"].unique() if m not in (target, "nfe", "grad_nfe", "wall_s"))
     rows = []
-    cols = KEYS + ["gamma", "whitening"]
+    cols = CONFIG
     for key, g in ours.groupby(cols, dropna=False, sort=True):
         r = dict(zip(cols, key))
         for metric in metrics + ["wall_s"]:
@@ -139,9 +148,9 @@ def plots(df: pd.DataFrame, out: Path, name: str, target: str, held_out: list[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = summarise(df, KEYS + ["gamma", "whitening"])
+    s = summarise(df, CONFIG)
     t = s[s["metric"] == target]
-    wall = t.merge(s[s["metric"] == "wall_s"], on=KEYS + ["gamma", "whitening"], suffixes=("", "_wall"))
+    wall = t.merge(s[s["metric"] == "wall_s"], on=CONFIG, suffixes=("", "_wall"))
     for x, xlabel, data, suffix in [("nfe", "NFE per sample", t, "nfe"),
                                     ("mean_wall", "wall time per sample (s)", wall, "wall")]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -158,7 +167,7 @@ def plots(df: pd.DataFrame, out: Path, name: str, target: str, held_out: list[st
         hh = s[s["metric"] == h]
         if hh.empty:
             continue
-        both = t.merge(hh, on=KEYS + ["gamma", "whitening"], suffixes=("_t", "_h"))
+        both = t.merge(hh, on=CONFIG, suffixes=("_t", "_h"))
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for method, g in both.groupby("method"):
             ax.errorbar(g["mean_t"], g["mean_h"], xerr=g["se_t"], yerr=g["se_h"], fmt="o", label=method, capsize=2)
@@ -178,7 +187,7 @@ def build(root: Path, out: Path, paper_dir: Path | None, suite: str = "all") -> 
     df = df[mini] if suite == "mini" else df[~mini] if suite == "paper" else df
     written = []
     for (family, task), d in df.groupby(["family", "task"]):
-        s = summarise(d, KEYS + ["gamma", "whitening"])
+        s = summarise(d, CONFIG)
         tgt, name = d["target"].iloc[0], f"{task}_{family}"
         write(own_table(s, tgt), out, name)
         held = [m for m in s["metric"].unique() if m not in (tgt, "nfe", "grad_nfe", "wall_s")]
