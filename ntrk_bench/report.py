@@ -94,7 +94,7 @@ SWEEPS = {"NTRK (γ)": dict(method="ntrk", nfe=25, whitening="full", by="gamma")
           "mean-shift control (γ)": dict(method="meanshift", nfe=25, whitening="full", by="gamma"),
           "DPS (scale)": dict(method="dps", nfe=25, by="scale"),
           "BoN (N)": dict(method="bon", by="particles"),
-          "NTRK† (N)": dict(method="ntrk", steps=25, whitening="full", gamma=0.3, by="particles")}
+          "NTRK† (N)": dict(method="ntrk", steps="25", whitening="full", gamma="auto", by="particles")}
 
 
 def sweep_points(s: pd.DataFrame, task: str, metric: str, spec: dict) -> pd.DataFrame:
