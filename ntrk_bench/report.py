@@ -300,7 +300,7 @@ def claim_gamma(s: pd.DataFrame) -> list[str]:
             for gamma in ("auto", 0.3):
                 w = dict(gamma=gamma)
                 rows.append({"tier": model, "task": task, "γ": gamma, "target": fmt(cell(m, target, **w)),
-                             HELD[task][0]: fmt(cell(m, HELD[task][0], **w)),
+                             "held-out": f"{HELD[task][0]} {fmt(cell(m, HELD[task][0], **w))}",
                              "log-density": fmt(cell(m, "log_density", **w)), "FD": fmt(cell(m, "fd_to_real", **w))})
     return lines + [pd.DataFrame(rows).to_markdown(index=False), ""]
 
