@@ -2,6 +2,15 @@
 from __future__ import annotations
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class MissingModel(RuntimeError):
     """Raised with one line naming the model to fetch when weights are not available offline."""
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ntrk_bench.hub import MissingModel, from_pretrained, hub_file
+from ntrk_bench.hub import MissingModel, from_pretrained, hub_file, resolve_device
 
 
 def clip_input(pixels: torch.Tensor, size: int, mean, std) -> torch.Tensor:
@@ -36,11 +36,6 @@ def features(out) -> torch.Tensor:
     return F.normalize(getattr(out, "pooler_output", out).float(), dim=-1)
 
 
-def _device(device: str) -> torch.device:
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                        "cpu" if device == "auto" else device)
-
-
 class _CLIPReward:
     differentiable = True
 
@@ -48,7 +43,7 @@ class _CLIPReward:
                  dtype: str = "float32", allow_download: bool = False):
         from transformers import AutoProcessor, CLIPModel
 
-        self.device = _device(device)
+        self.device = torch.device(resolve_device(device))
         self.model = from_pretrained(CLIPModel, clip_id, what, allow_download, dtype=getattr(torch, dtype))
         self.model = self.model.to(self.device).eval().requires_grad_(False)
         self.processor = from_pretrained(AutoProcessor, processor_id or clip_id, f"{what} processor", allow_download)
@@ -108,7 +103,7 @@ class HPSv2:
         except ImportError:
             raise ImportError("hpsv2 needs open_clip (`pip install -e .[hpsv2]`, which pulls torchvision: use a CUDA "
                               "torch environment, or run it with `--env hpsv2=/path/to/python`)") from None
-        self.device = _device(device)
+        self.device = torch.device(resolve_device(device))
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
         path = hub_file(checkpoint, checkpoint_file, "HPSv2", allow_download)
         state = torch.load(path, map_location="cpu", weights_only=False)

@@ -16,11 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ..hub import from_pretrained
-
-
-def _device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+from ..hub import from_pretrained, resolve_device
 
 
 class _PipelineFlow:
@@ -47,7 +43,7 @@ class ZImageFlow(_PipelineFlow):
                         **kwargs) -> "ZImageFlow":
         from diffusers import ZImagePipeline
 
-        device = _device(device)
+        device = resolve_device(device)
         pipe = from_pretrained(ZImagePipeline, model_id, "Z-Image", allow_download, dtype=getattr(torch, dtype))
         return cls(pipe.to(device), device=device, **kwargs)
 
@@ -87,7 +83,7 @@ class WanFlow(_PipelineFlow):
                         **kwargs) -> "WanFlow":
         from diffusers import AutoencoderKLWan, WanPipeline
 
-        device = _device(device)
+        device = resolve_device(device)
         # the VAE in float32, as Wan's model cards recommend
         vae = from_pretrained(AutoencoderKLWan, model_id, "Wan2.1 VAE", allow_download, subfolder="vae",
                               torch_dtype=torch.float32)

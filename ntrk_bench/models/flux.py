@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..hub import MissingModel, from_pretrained
+from ..hub import MissingModel, from_pretrained, resolve_device
 
 __all__ = ["FluxFlow", "MissingModel"]
 
@@ -49,8 +49,7 @@ class FluxFlow:
         """The pipeline of ``model_id``; ``transformer_id`` swaps in a fine-tuned transformer (MixGRPO)."""
         from diffusers import FluxPipeline, FluxTransformer2DModel
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         extra = {}
         if transformer_id:
             extra["transformer"] = from_pretrained(FluxTransformer2DModel, transformer_id, "fine-tuned FLUX transformer",
