@@ -22,6 +22,35 @@ NAMES = {"base": "Base", "bon": "BoN", "dps": "DPS", "freedom": "FreeDoM", "svdd
          "psi": "Psi-Sampler", "ntrk": "NTRK", "meanshift": "mean-shift control"}
 
 
+#: each section's heading and introduction
+SECTIONS = {
+    'frontiers': ("## Frontiers: target vs held-out quality along each method's strength",
+        "Each line follows one method's own strength parameter: γ for NTRK and its mean-shift control (25 "
+        'NFE), the scale for DPS (25 NFE), N for Best-of-N and NTRK† (25 to 500 NFE). Up and right is better '
+        '(FD is plotted negated). The wall-time panel puts every configuration at its measured cost: gradient'
+        ' methods pay 2-3x per NFE.'),
+    'budget': ('## Claim 1: NTRK at 25 NFE beats every baseline at 500 NFE on the target reward',
+        ""),
+    'quality': ('## Claim 2: ... without losing held-out quality',
+        'NTRK at 25 NFE (default γ = auto) against the base sampler and the 500-NFE baseline with the highest'
+        ' target, on what no target sees: the held-out evaluators (same attribute, other data and '
+        'architecture) and the quality measures.'),
+    'whitening': ('## Claim 3: whitening - not just stronger guidance - is why',
+        'Two tests. (a) The mean-shift control moves the *same* whitened, rescaled gradient (std γ W(g)) into'
+        ' the kernel mean and keeps the full fresh noise: same direction and expected displacement as NTRK. '
+        'At each γ, compare target and quality. (b) NTRK at a fixed γ = 0.3 with each whitening operator '
+        '(Figs. 13/14 analogues): only the operator changes.'),
+    'gamma': ('## The dimension-aware γ',
+        '`method.gamma=auto` sets γ = strength / (cos(W(g), g) √D) per sample and step, with the strength of '
+        "the paper's FLUX setting (0.3 × 0.1 × 256 = 7.68; App. A.5). Against γ = 0.3 on both tiers:"),
+}
+
+
+def section(key: str) -> list[str]:
+    head, intro = SECTIONS[key]
+    return [head, ""] + ([intro, ""] if intro else [])
+
+
 def per_seed(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Mean over seeds (and SE over seeds) of per-seed means; per-run metrics (FD) enter as they are."""
     s = df.groupby(keys + ["metric", "seed"], dropna=False)["value"].mean().reset_index()
@@ -117,11 +146,7 @@ def frontiers(s: pd.DataFrame, tables_dir: Path, docs: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     tables_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["## Frontiers: target vs held-out quality along each method's strength", "",
-             "Each line follows one method's own strength parameter: γ for NTRK and its mean-shift control "
-             "(25 NFE), the scale for DPS (25 NFE), N for Best-of-N and NTRK† (25 to 500 NFE). Up and right is "
-             "better (FD is plotted negated). The wall-time panel puts every configuration at its measured "
-             "cost: gradient methods pay 2-3x per NFE.", ""]
+    lines = section("frontiers")
     for task, target in TASKS:
         measures = [("log_density", 1), ("fd_to_real", -1), (HELD[task][0], 1)]
         fig, axes = plt.subplots(1, len(measures) + 1, figsize=(5 * (len(measures) + 1), 4))
@@ -210,7 +235,7 @@ def main_rows(s: pd.DataFrame, task: str) -> pd.DataFrame:
 
 
 def claim_budget(s: pd.DataFrame) -> list[str]:
-    lines = ["## Claim 1: NTRK at 25 NFE beats every baseline at 500 NFE on the target reward", ""]
+    lines = section("budget")
     for task, target in TASKS:
         m = main_rows(s, task)
         t = m[m["metric"] == target].sort_values(["nfe", "method"])
@@ -233,11 +258,7 @@ def claim_budget(s: pd.DataFrame) -> list[str]:
 
 
 def claim_quality(s: pd.DataFrame) -> list[str]:
-    lines = ["## Claim 2: ... without losing held-out quality", "",
-             "NTRK at 25 NFE (default γ = auto) against the base sampler and the 500-NFE baseline with the highest "
-             "target, on what "
-             "no target sees: the held-out evaluators (same attribute, other data and architecture) and the "
-             "quality measures.", ""]
+    lines = section("quality")
     for task, target in TASKS:
         m = main_rows(s, task)
         if m.empty:
@@ -260,11 +281,7 @@ def claim_quality(s: pd.DataFrame) -> list[str]:
 
 
 def claim_whitening(s: pd.DataFrame) -> list[str]:
-    lines = ["## Claim 3: whitening - not just stronger guidance - is why", "",
-             "Two tests. (a) The mean-shift control moves the *same* whitened, rescaled gradient "
-             "(std γ W(g)) into the kernel mean and keeps the full fresh noise: same direction and expected "
-             "displacement as NTRK. At each γ, compare target and quality. (b) NTRK at a fixed γ = 0.3 with "
-             "each whitening operator (Figs. 13/14 analogues): only the operator changes.", ""]
+    lines = section("whitening")
     for task, target in TASKS:
         m = s[(s["model"] == "mini") & (s["task"] == task) & (s["nfe"] == 25) & (s["particles"] == 1)]
         rows = []
@@ -290,9 +307,7 @@ def claim_whitening(s: pd.DataFrame) -> list[str]:
 
 
 def claim_gamma(s: pd.DataFrame) -> list[str]:
-    lines = ["## The dimension-aware γ", "",
-             "`method.gamma=auto` sets γ = strength / (cos(W(g), g) √D) per sample and step, with the strength of "
-             "the paper's FLUX setting (0.3 × 0.1 × 256 = 7.68; App. A.5). Against γ = 0.3 on both tiers:", ""]
+    lines = section("gamma")
     rows = []
     for model in ("mini", "mini_exact"):
         for task, target in TASKS:
