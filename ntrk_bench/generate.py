@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .io import load_image, save_grid, save_image, save_video, write_atomic, write_json_atomic
-from .methods import Problem
+from .methods import Problem, uses_whitening
 from .models import counted, smooth_mixture
 from .sde import FlowSDE
 
@@ -97,7 +97,7 @@ def method_params(cfg: DictConfig, for_record: bool = False) -> dict:
     params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
     if cfg.get("nfe"):
         params |= budget_params(cfg.method.name, cfg.nfe, cfg.steps, params)
-    if cfg.method.name in ("ntrk", "meanshift") or params.get("proposal") == "ntrk":  # methods that whiten
+    if uses_whitening({"name": cfg.method.name, **params}):
         params["whitening"] = OmegaConf.to_container(cfg.whitening, resolve=True) if for_record else cfg.whitening
     return params
 

@@ -79,6 +79,12 @@ def base(particles: int = 1) -> Chain:
     return Chain(particles)
 
 
+def uses_whitening(method: dict) -> bool:
+    """Whether a method configuration applies the whitening operator: NTRK, its mean-shift control, and
+    Psi-Sampler with NTRK's kernel as its proposal."""
+    return method.get("name") in ("ntrk", "meanshift") or method.get("proposal") == "ntrk"
+
+
 def whitening_per_shape(whitening=None) -> Callable[[Problem], Callable]:
     """problem -> the whitening operator for its latent shape, built once per shape (bounds are cached)."""
     from .config import load_group

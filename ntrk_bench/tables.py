@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .methods import uses_whitening
+
 #: our metric names -> the paper's
 METRIC_NAMES = {"laion_aesthetic": "aesthetic", "t2icount": "t2icount_loss", **{
     f"vbench_{d}": d for d in ("subject_consistency", "background_consistency", "motion_smoothness",
@@ -49,7 +51,7 @@ def collect(root: Path) -> pd.DataFrame:
                 "target": METRIC_NAMES.get(rec["target"], rec["target"]),
                 "seed": rec["seed"], **rec["ledger"], "gamma": cfg["method"].get("gamma"),
                 "scale": cfg["method"].get("scale"), "variant": variant(cfg["method"]),
-                "whitening": cfg["whitening"].get("name") if cfg["method"]["name"] in ("ntrk", "psi", "meanshift") else None}
+                "whitening": cfg["whitening"].get("name") if uses_whitening(cfg["method"]) else None}
         metrics = {k: v for k, v in rec["per_sample"].items()}
         for path in sorted((run / "eval").glob("*.json")):
             metrics |= json.loads(path.read_text())["scores"]
