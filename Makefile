@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 EXTRAS  ?= dev,slurm,plot
 SUITE   ?= all
 
-.PHONY: setup run test bench probe mini-train eval tables clean
+.PHONY: setup run test bench gpu-check probe mini-train eval tables clean env-t2icount
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,9 @@ endif
 bench: $(STAMP)                  ## speed benchmarks (ratios measured side by side in one run)
 	$(BIN)/python scripts/bench_whitening.py $(ARGS)
 
+gpu-check: $(STAMP)              ## every method on FLUX / Z-Image / Wan2.1 (real-size random transformers on CUDA, tiny on CPU)
+	$(BIN)/python scripts/gpu_check.py $(ARGS)
+
 probe: $(STAMP)                  ## noise-compatibility probe of the mini suite (paper Fig. 2)
 	$(BIN)/python scripts/probe_noise.py $(ARGS)
 
@@ -47,3 +50,14 @@ mini-train: $(STAMP)             ## retrain the mini suite's rewards and learned
 
 clean:
 	rm -rf $(VENV) results/runs results/multirun results/tables results/bench .pytest_cache
+
+T2ICOUNT_ENV ?= envs/t2icount
+
+env-t2icount: $(T2ICOUNT_ENV)/.installed   ## T2I-Count's own environment for its gradient server (conf/reward/t2icount.yaml)
+
+$(T2ICOUNT_ENV)/.installed: envs/t2icount-constraints.txt
+	$(PY) -m venv $(T2ICOUNT_ENV)
+	$(T2ICOUNT_ENV)/bin/pip install -q --upgrade pip
+	$(T2ICOUNT_ENV)/bin/pip install -q -r envs/t2icount-constraints.txt -c envs/t2icount-constraints.txt
+	$(T2ICOUNT_ENV)/bin/python -c "import torch, transformers, pytorch_lightning, taming, clip, kornia; print('T2I-Count env: torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $@

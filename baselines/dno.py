@@ -1,5 +1,5 @@
 """DNO: direct noise optimisation (Tang et al., "Inference-time alignment of diffusion models with direct
-noise optimization", ICML 2025; reference TZW1998/Direct-Noise-Optimization, anchors Sec. 3.8).
+noise optimization", ICML 2025; reference TZW1998/Direct-Noise-Optimization).
 
 The variables are *all* injected noises - the initial latent and one per SDE step - optimised with AdamW
 on ``-reward + reg_weight * regulariser`` by backpropagating through the whole chain, each denoiser call
@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ntrk_bench.methods import Problem, Result
+from ntrk_bench.limits import at_least, count, positive
+from ntrk_bench.method import Method, Problem, Result
 
 
 def _tail_terms(v: torch.Tensor, d: int) -> torch.Tensor:
@@ -38,25 +40,35 @@ def _tail_terms(v: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def probability_regularizer(noise: torch.Tensor, subsample: int = 1, permutations: int = 100,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
+                            permutation=torch.randperm) -> torch.Tensor:
+    """``permutation(n)``: a random permutation of range(n) on the noise's device."""
     flat = noise.flatten()
     d = round(4 ** subsample)
-    shuffled = sum(_tail_terms(flat[torch.randperm(flat.numel(), generator=generator)], d) for _ in range(permutations))
+    shuffled = sum(_tail_terms(flat[permutation(flat.numel())], d) for _ in range(permutations))
     return _tail_terms(flat, d) + shuffled / max(permutations, 1)
 
 
 @dataclass
-class DNO:
+class DNO(Method):
     iterations: int = 20
     lr: float = 0.01
     reg_weight: float = 1.0  # DNO's gamma (its README uses 1 against reward hacking; its default is 0)
     subsample: int = 1
     permutations: int = 100
     checkpointing: bool = True
+    label: ClassVar[str] = "DNO"
+    ledger_name: ClassVar[str] = "dno"
+    budget_key: ClassVar[str] = "iterations"  # each iteration is one full forward pass: steps NFE
+    limits: ClassVar[dict] = {"iterations": count, "lr": positive, "reg_weight": at_least(0), "subsample": count,
+                              "permutations": at_least(0)}
+
+    def units(self) -> int:
+        return 1  # one trajectory, whatever the iterations
+
 
     def __call__(self, p: Problem) -> Result:
         times, cond = p.sde.times(p.steps), p.cond(1)
-        noises = p.noise(p.steps + 1).unsqueeze(1).clone().requires_grad_(True)  # x_T, then one per step
+        noises = p.initial_noise(p.steps + 1).unsqueeze(1).clone().requires_grad_(True)  # x_T, then one per step
         opt = torch.optim.AdamW([noises], lr=self.lr, weight_decay=0.0)
         counter = p.model.counter
 
@@ -83,7 +95,7 @@ class DNO:
                 history.append(float(reward[0].detach()))
                 if not last:
                     loss = -reward.sum() + self.reg_weight * probability_regularizer(
-                        noises, self.subsample, self.permutations, p.generator)
+                        noises, self.subsample, self.permutations, p.noise.permutation)
                     opt.zero_grad()
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_([noises], 1.0)

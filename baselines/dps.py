@@ -7,7 +7,12 @@ with ``scale`` = 1/alpha a free hyperparameter. Optional RMS cap on the gradient
 """
 from __future__ import annotations
 
-from ntrk_bench.methods import Chain, Problem
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from ntrk_bench.limits import at_least, positive
+from ntrk_bench.method import Chain, Problem
+from ntrk_bench.sampling import ShiftRule
 
 
 def cap_rms(g, cap: float | None):
@@ -18,13 +23,18 @@ def cap_rms(g, cap: float | None):
     return g * (cap / rms).clamp(max=1.0).view(-1, *([1] * (g.dim() - 1)))
 
 
-def dps_shift(scale: float, grad_rms_cap: float | None = None):
-    def build(problem: Problem):
+@dataclass
+class DPS(Chain):
+    particles: int = 1
+    scale: float = 10.0
+    grad_rms_cap: Optional[float] = None
+    label: ClassVar[str] = "DPS"
+    ledger_name: ClassVar[str] = "dps"
+    needs_grad: ClassVar[bool] = True
+    dagger: ClassVar[bool] = True
+    limits: ClassVar[dict] = {"scale": at_least(0), "grad_rms_cap": positive}
+
+    def shift_rule(self, problem: Problem) -> ShiftRule:
         def shift(ev, std, k):
-            return scale * std * std * cap_rms(ev.grad, grad_rms_cap)
+            return self.scale * std * std * cap_rms(ev.grad, self.grad_rms_cap)
         return shift
-    return build
-
-
-def dps(particles: int = 1, scale: float = 10.0, grad_rms_cap: float | None = None) -> Chain:
-    return Chain(particles, shift_rule=dps_shift(scale, grad_rms_cap), needs_grad=True)

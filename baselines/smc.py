@@ -8,8 +8,8 @@ kernel p(x' | x) = N(mean, std^2) via a proposal q; twists psi_k(x) = exp(lambda
 
 (DAS, Kim et al. ICLR 2025; Psi-Sampler, Yoon et al. NeurIPS 2025). At tau = 0 the twist is the true
 reward of the clean sample with lambda = 1. Resampling (SSP by default) when ESS < threshold x N; between
-resamplings the ancestors are the identity and log-weights accumulate - the reference SMC's stale
-ancestor indices and dropped weights (anchors Sec. 9.1) are not reproduced.
+resamplings the ancestors are the identity and log-weights accumulate - the stale ancestor indices and
+dropped weights of the reference SMC code (DAS's and Psi-Sampler's repositories) are not reproduced.
 
 Every particle is evaluated once per step with its gradient (1 NFE), and the evaluation at tau_{k+1}
 serves both the weight of step k and the proposal of step k + 1: NFE = particles x steps.
@@ -22,9 +22,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ntrk_bench.methods import Problem, Result
+from ntrk_bench.method import Problem, Result
 from ntrk_bench.ntrk import tilted_noise
-from ntrk_bench.sampling import Evaluation, evaluate
 
 from .dps import cap_rms
 
@@ -46,7 +45,7 @@ class Proposal:
 
 class BaseProposal(Proposal):
     def __call__(self, ev, mean, std, lam, alpha, eps):
-        return mean + std * eps, torch.zeros(len(mean), dtype=torch.float64)
+        return mean + std * eps, torch.zeros(len(mean), dtype=torch.float64, device=mean.device)
 
 
 @dataclass
@@ -120,7 +119,7 @@ RESAMPLERS = {"ssp": ssp_resample, "multinomial": multinomial_resample}
 # ----------------------------------------------------------------------------- tempering
 def das_tempering(steps: int, gamma: float | str = "auto", reach: float = 0.87) -> Callable[[int], float]:
     """DAS's lambda_i = min((1 + gamma)^i - 1, 1). DAS tuned gamma = 0.008 for 100 steps, where lambda
-    reaches 1 at i ~ 87; ported unchanged to 25 steps it would stop at 0.21 (anchors Sec. 9.6). ``auto``
+    reaches 1 at i ~ 87; ported unchanged to 25 steps it would stop at 0.21. ``auto``
     scales gamma so that lambda reaches 1 at the same fraction ``reach`` of the steps."""
     g = 2 ** (1 / (reach * steps)) - 1 if gamma == "auto" else float(gamma)
     return lambda i: min((1 + g) ** i - 1, 1.0)
@@ -146,32 +145,28 @@ class SMC:
 
         The intermediate target at tau = 1 is p(x) psi_0(x). Particles drawn from the prior p get initial
         log-weights log psi_0; particles that already target p psi_0 (``tilted_init``, e.g. Psi-Sampler's
-        MCMC) start uniform - weighting them by psi_0 again would count the reward twice (anchors Sec. 9.2).
+        MCMC) start uniform - weighting them by psi_0 again would count the reward twice.
         """
         n, times, sde = len(x), p.sde.times(p.steps), p.sde
-        cond = p.cond(n)
-        ev = evaluate(sde, p.model, x, times[0], cond, p.value)
+        ev = p.evaluate(x, times[0])
         twist = self.lam(0) * ev.value.double() / self.alpha
-        logw = torch.full((n,), -math.log(n), dtype=torch.float64) if logw is None else logw.double()
+        logw = torch.full((n,), -math.log(n), dtype=torch.float64, device=x.device) if logw is None else logw.double()
         if not tilted_init:
             logw = logw + twist
         for k in range(p.steps):
             if ess(logw) < self.ess_threshold * n:
-                a = RESAMPLERS[self.resampler](logw, p.generator)
-                x, twist = x[a], twist[a]
-                ev = Evaluation(ev.den.select(a), ev.value[a], ev.grad[a])
+                a = RESAMPLERS[self.resampler](logw.cpu(), p.generator).to(x.device)  # decided on the CPU
+                x, twist, ev = x[a], twist[a], ev.select(a)
                 logw = torch.full_like(logw, -math.log(n))
             mean, std = sde.kernel(x, ev.den, times[k], times[k + 1])
             lam_next = 1.0 if k + 1 == p.steps else self.lam(k + 1)
-            eps = torch.randn(x.shape, generator=p.generator)
+            eps = p.randn(x.shape)
             x, log_ratio = self.proposal(ev, mean, std, lam_next, self.alpha, eps)
             x = x.to(mean.dtype)
             if k + 1 == p.steps:  # clean samples: the true reward is the final twist (no NFE)
-                with torch.no_grad():
-                    value = p.value(x)
-                ev = None
+                value, ev = p.score(x), None
             else:
-                ev = evaluate(sde, p.model, x, times[k + 1], cond, p.value)
+                ev = p.evaluate(x, times[k + 1])
                 value = ev.value
             new_twist = lam_next * value.double() / self.alpha
             logw = logw + log_ratio + new_twist - twist
@@ -179,7 +174,7 @@ class SMC:
         return x, logw, value
 
     def __call__(self, p: Problem) -> Result:
-        x, logw, value = self.run(p, p.noise(self.particles))
+        x, logw, value = self.run(p, p.initial_noise(self.particles))
         return self.pick(x, logw, value)
 
     def pick(self, x, logw, value) -> Result:

@@ -1,11 +1,16 @@
-"""Where the Hydra configuration lives, and loaders for single groups outside a Hydra run."""
+"""Where the Hydra configuration lives (shipped inside the package, ``ntrk_bench/conf``; the checkout's
+top-level ``conf`` points there), loaders for single groups outside a Hydra run, and building a configured
+object from its ``_target_``."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+#: keys of a group option that label it rather than configure its object
+LABELS = ("name", "family")
 
 
 def load_group(group: str, name: str) -> DictConfig:
@@ -15,3 +20,40 @@ def load_group(group: str, name: str) -> DictConfig:
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         raise FileNotFoundError(f"no config {group}={name}; available: {', '.join(options)}")
     return OmegaConf.load(path)
+
+
+def instantiate_block(block, drop=LABELS, **overrides):
+    """The object a config block names by ``_target_``, built with its other keys (labels dropped) and
+    ``overrides``. Errors that already say what to fix or fetch in one line come out unwrapped."""
+    from hydra.utils import instantiate
+
+    cfg = OmegaConf.to_container(block, resolve=True) if OmegaConf.is_config(block) else dict(block)
+    if "_target_" not in cfg:
+        raise KeyError(f"config block {cfg.get('name', '')!r} names no _target_ (the class or function to build)")
+    for key in drop:
+        if key not in overrides:
+            cfg.pop(key, None)
+    try:
+        return instantiate(cfg, _convert_="all", **overrides)
+    except Exception as err:  # Hydra wraps what the target raised; surface the one-line errors
+        cause = err.__cause__
+        if isinstance(cause, (ImportError, RuntimeError, KeyError, ValueError, OSError)):
+            raise cause from None
+        raise
+
+
+def build_reward(name: str, latent_shape=None, **overrides):
+    """A reward by its ``conf/reward/<name>.yaml``; keyword overrides replace config values (tests point the
+    hub ids at local tiny models). A reward whose config asks for ``shape`` gets the model's latent shape."""
+    try:
+        cfg = load_group("reward", name)
+    except FileNotFoundError as err:
+        raise KeyError(f"unknown reward {name!r}: {err}") from None
+    if "shape" in cfg.keys() and OmegaConf.is_missing(cfg, "shape") and "shape" not in overrides:
+        if latent_shape is None:
+            raise ValueError(f"reward {name!r} needs the model's latent shape")
+        overrides["shape"] = tuple(latent_shape)
+    return instantiate_block(cfg, drop=(), **overrides)
+
+
+__all__ = ["CONF_DIR", "build_reward", "instantiate_block", "load_group"]

@@ -1,6 +1,7 @@
 """The evaluation stage: score saved outputs with held-out evaluators, one evaluator at a time.
 
     python -m ntrk_bench.evaluate [RUN_DIR_OR_ROOT ...] [--only NAME,...] [--env NAME=PYTHON ...]
+                                  [--set NAME.KEY=VALUE ...]
 
 Every finished run (a directory with ``record.json``) lists its task's held-out evaluators. For each
 evaluator in turn - so only one evaluator model is in memory - every run that lacks ``eval/<name>.json``
@@ -11,88 +12,160 @@ An evaluator whose package cannot share an environment with diffusers (ImageRewa
 see ``rewards/external.py``) runs behind a subprocess boundary: ``--env vqascore=/envs/t2v/bin/python``
 (or ``eval_envs`` in the Hydra config) runs this same module, as ``--worker``, in that environment, which
 needs only this package installed (``pip install --no-deps -e .``) beside the evaluator's own.
+
+``--set imagereward.checkpoint=/ckpt/ImageReward.pt`` replaces a value of ``conf/reward/<NAME>.yaml`` (YAML
+syntax: numbers, lists, mappings). An evaluator whose weights (or package) are missing is skipped, writing
+nothing; the others run, and the stage then exits with one line per missing weight naming how to fetch it
+(``scripts/prefetch_weights.py`` lists and fetches every weight of an experiment).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .io import load_image, write_json_atomic
+from .hub import MissingModel
+from .io import load_output
+from .rundir import EvalRecord, RunDir, find_runs
 
-EVAL_DIR = "eval"
-
-
-def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run directories (holding a generation ``record.json``) at or under the given paths."""
-    runs = set()
-    for path in map(Path, paths):
-        candidates = [path / "record.json"] if (path / "record.json").exists() else path.rglob("record.json")
-        runs.update(p.parent for p in candidates if p.parent.name != "items" and p.parent.parent.name != "items")
-    return sorted(r for r in runs if "config" in json.loads((r / "record.json").read_text()))
+#: exit status of a worker whose evaluator could not be built (missing weights or package), lines in --missing-to
+WORKER_MISSING = 3
 
 
-def evaluators_of(run: Path) -> list[str]:
-    return list(json.loads((run / "record.json").read_text())["config"]["task"].get("held_out", []))
+class RewardEvaluator:
+    """A reward as a held-out evaluator: per-sample scores (and accuracy where the reward has one), in batches."""
+
+    def __init__(self, name: str, reward, batch_size: int = 16):
+        self.name, self.reward, self.batch_size = name, reward, batch_size
+
+    def evaluate(self, pixels, prompts: Sequence[str], latents=None) -> dict:
+        import torch
+
+        out: dict[str, list] = {}
+        with torch.no_grad():
+            for i in range(0, len(pixels), self.batch_size):
+                x, p = pixels[i:i + self.batch_size], list(prompts[i:i + self.batch_size])
+                out.setdefault(self.name, []).extend(self.reward(x, p).float().tolist())
+                if hasattr(self.reward, "accuracy"):
+                    out.setdefault(f"{self.name}_accuracy", []).extend(self.reward.accuracy(x, p).float().tolist())
+        return out
 
 
-def pending(run: Path, name: str) -> bool:
-    return not (run / EVAL_DIR / f"{name}.json").exists()
+def build_evaluator(name: str, **overrides):
+    """The evaluator ``conf/reward/<name>.yaml`` builds; a plain reward is wrapped as a per-sample scorer."""
+    from .config import build_reward
+
+    r = build_reward(name, **overrides)
+    return r if hasattr(r, "evaluate") or getattr(r, "reads_files", False) else RewardEvaluator(name, r)
 
 
-def score_run(run: Path, name: str, evaluator=None) -> dict:
+def _runs(runs: Iterable) -> list[RunDir]:
+    return [r if isinstance(r, RunDir) else RunDir(r) for r in runs]
+
+
+def score_run(run: RunDir, name: str, evaluator=None) -> EvalRecord:
     """Scores of one run by one evaluator: ``{metric: [per sample] or scalar}``, written to eval/<name>.json."""
-    from rewards import build_evaluator
-
-    record = json.loads((run / "record.json").read_text())
-    items = [json.loads((run / "items" / d / "record.json").read_text()) for d in record["items"]]
+    run = _runs([run])[0]
+    summary, items = run.read_summary(), run.items()
     evaluator = evaluator or build_evaluator(name)
-    files = [run / "items" / d / it["output"] for d, it in zip(record["items"], items)]
-    prompts = [it["prompt"] for it in items]
+    files = [run.item_dir(n) / it.output for n, it in items]
+    prompts = [it.prompt for _, it in items]
     if getattr(evaluator, "reads_files", False):
         scores = evaluator.score_files(files, prompts)
     else:
         import torch
 
-        scores = evaluator.evaluate(torch.stack([load_image(f) for f in files]), prompts,
-                                    latents=[run / "items" / d / "latent.pt" for d in record["items"]])
-    out = {"evaluator": name, "config_hash": record["config_hash"], "scores": scores}
-    write_json_atomic(run / EVAL_DIR / f"{name}.json", out)
-    return out
+        scores = evaluator.evaluate(torch.stack([load_output(f) for f in files]), prompts, latents=run.latents())
+    record = EvalRecord(evaluator=name, config_hash=summary.config_hash, scores=scores)
+    run.write_eval(record)
+    return record
 
 
-def evaluate(runs: Sequence[Path], only: Sequence[str] | None = None, envs: dict | None = None,
-             progress: bool = True) -> None:
-    """Every pending (run, evaluator) pair, evaluator by evaluator; isolated evaluators in their own env."""
+def evaluate(runs: Sequence, only: Sequence[str] | None = None, envs: dict | None = None,
+             progress: bool = True, overrides: dict | None = None) -> None:
+    """Every pending (run, evaluator) pair, evaluator by evaluator; isolated evaluators in their own env.
+    ``overrides``: {evaluator: {config key: value}}. Evaluators that cannot be built (weights or package
+    missing) write nothing; the others run, then MissingModel lists what is missing, one line per weight."""
     from tqdm.auto import tqdm
 
-    from rewards import build_evaluator
-
-    envs = dict(envs or {})
-    names = sorted({n for r in runs for n in evaluators_of(r)})
+    runs, envs, overrides = _runs(runs), dict(envs or {}), dict(overrides or {})
+    names = sorted({n for r in runs for n in r.held_out()})
+    missing: list[str] = []
     for name in names if not only else [n for n in names if n in only]:
-        todo = [r for r in runs if name in evaluators_of(r) and pending(r, name)]
+        todo = [r for r in runs if name in r.held_out() and not r.has_eval(name)]
         if not todo:
             continue
         if envs.get(name):
-            cmd = [envs[name], "-m", "ntrk_bench.evaluate", "--worker", name, *map(str, todo)]
-            print(f"{name}: {len(todo)} runs in its own environment ({envs[name]})")
-            subprocess.run(cmd, check=True)
+            missing += run_worker(envs[name], name, todo, overrides.get(name, {}))
             continue
-        evaluator = build_evaluator(name)
-        for run in tqdm(todo, desc=name, disable=not progress):
-            score_run(run, name, evaluator)
-        del evaluator
+        for task_args, runs_ in by_task_records(name, todo).items():
+            try:
+                evaluator = build_evaluator(name, **{**dict(task_args), **overrides.get(name, {})})
+            except (MissingModel, ImportError) as err:
+                missing += [f"{name}: {line}" for line in str(err).splitlines()]
+                break
+            for run in tqdm(runs_, desc=name, disable=not progress):
+                score_run(run, name, evaluator)
+            del evaluator
+    if missing:
+        raise MissingModel("\n".join(missing))
 
 
-def summary(run: Path) -> dict[str, float]:
+def run_worker(python: str, name: str, runs: Sequence[RunDir], overrides: dict) -> list[str]:
+    """Evaluator ``name`` over ``runs`` with the python of its own environment; the lines naming what that
+    environment lacks (weights, package), empty when it ran."""
+    import json
+
+    sets = [f"--set={name}.{k}={json.dumps(v)}" for k, v in overrides.items()]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp, "missing.txt")
+        cmd = [python, "-m", "ntrk_bench.evaluate", "--worker", name, f"--missing-to={report}", *sets,
+               *(str(r.path) for r in runs)]
+        print(f"{name}: {len(runs)} runs in its own environment ({python})")
+        done = subprocess.run(cmd)
+        if done.returncode == WORKER_MISSING and report.exists():
+            return [f"{name}: {line}" for line in report.read_text().splitlines()]
+        if done.returncode:
+            raise subprocess.CalledProcessError(done.returncode, cmd)
+    return []
+
+
+def parse_sets(sets: Sequence[str]) -> dict[str, dict]:
+    """``["imagereward.batch_size=2", ...]`` -> {"imagereward": {"batch_size": 2}}; values are YAML."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        name, dot, field = key.partition(".")
+        if not (sep and dot and name and field):
+            raise SystemExit(f"error: --set {item!r}: expected NAME.KEY=VALUE")
+        out.setdefault(name, {})[field] = yaml.safe_load(value)
+    return out
+
+
+def by_task_records(name: str, runs: Sequence[RunDir]) -> dict[tuple, list[RunDir]]:
+    """Runs grouped by what an evaluator that reads prompt records (``prompts_file``: CountGD's counts, the VLM
+    questions) must be given: their task's own prompts file."""
+    from .config import load_group
+
+    reads_records = "prompts_file" in load_group("reward", name)
+    groups: dict[tuple, list[RunDir]] = {}
+    for run in runs:
+        files = run.read_summary().config.get("task", {}).get("prompts_file") if reads_records else None
+        key = (("prompts_file", files if isinstance(files, str) else tuple(files)),) if files else ()
+        groups.setdefault(key, []).append(run)
+    return groups
+
+
+def summary(run) -> dict[str, float]:
     """Mean of every per-sample metric (scalars as they are) over the run's finished evaluations."""
     out = {}
-    for path in sorted((run / EVAL_DIR).glob("*.json")):
-        for metric, v in json.loads(path.read_text())["scores"].items():
+    for rec in _runs([run])[0].evals():
+        for metric, v in rec.scores.items():
             out[metric] = sum(v) / len(v) if isinstance(v, list) else v
     return out
 
@@ -106,14 +179,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--only", default="", help="comma-separated evaluators to run (default: every held-out one)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=PYTHON",
                     help="run evaluator NAME with the python of another environment")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME.KEY=VALUE", dest="sets",
+                    help="replace a value of evaluator NAME's conf/reward/NAME.yaml (YAML syntax)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one evaluator, in-process (subprocess side)
+    ap.add_argument("--missing-to", default=None, help=argparse.SUPPRESS)  # worker: where to list what is missing
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    overrides = parse_sets(args.sets)
     if args.worker:
-        evaluator = None
-        for run in map(Path, args.paths):
-            evaluator = evaluator or __import__("rewards").build_evaluator(args.worker)
-            score_run(run, args.worker, evaluator)
+        runs = _runs(args.paths)
+        groups = by_task_records(args.worker, runs)
+        for task_args, runs_ in groups.items():
+            try:
+                evaluator = build_evaluator(args.worker, **{**dict(task_args), **overrides.get(args.worker, {})})
+            except (MissingModel, ImportError) as err:
+                if not args.missing_to:
+                    sys.exit(f"error: {err}")
+                Path(args.missing_to).write_text(str(err) + "\n")  # the parent reports it
+                sys.exit(WORKER_MISSING)
+            for run in runs_:
+                score_run(run, args.worker, evaluator)
         return
     runs = find_runs(args.paths)
     if not runs:
@@ -121,16 +206,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     envs = dict(e.split("=", 1) for e in args.env)
     only = [s for s in args.only.split(",") if s]
     try:
-        evaluate(runs, only, envs, progress=not args.no_progress)
-    except (ImportError, RuntimeError) as err:
-        from .models.flux import MissingModel
-
-        if isinstance(err, ImportError) or isinstance(err, MissingModel):
-            sys.exit(f"error: {err}")
-        raise
+        evaluate(runs, only, envs, progress=not args.no_progress, overrides=overrides)
+    except MissingModel as err:
+        lines = str(err).splitlines()
+        names = " ".join(f"reward={n}" for n in dict.fromkeys(line.split(":", 1)[0] for line in lines))
+        sys.exit("\n".join(f"error: {line}" for line in lines) + "\nevery weight these evaluators need, "
+                 f"missing or not: python scripts/prefetch_weights.py --check {names}")
     for run in runs:
         s = summary(run)
-        print(f"{run}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()))
+        print(f"{run.path}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """The generation stage: sample a task's prompts with a method, score them, save images and records.
 
-Outputs are deterministic (no timestamps). Every item - one prompt with its own seed stream - writes
-``items/<index>_s<seed>/{latent.pt, image.png (video.mp4), record.json}``, the record atomically and last;
-a rerun skips items whose record exists, so a run killed at any point (SIGKILL included) loses at most
-the item in flight and duplicates nothing. When all items exist, ``record.json`` (the run summary:
-target scores, measured NFE and wall time, the paper-ledger row, the resolved config) and ``samples.png``
-(a grid) are written. Held-out evaluators are the evaluation stage's (``ntrk_bench/evaluate.py``); with
-``evaluate=true`` (the mini tasks' default) it runs right after generation.
+Outputs are deterministic (no timestamps). Every item - one prompt with its own seed stream - is written to
+the run directory (``ntrk_bench.rundir``: latent, image or video, record - the record atomically and last);
+a rerun skips items whose record exists, so a run killed at any point (SIGKILL included) loses at most the
+item in flight and duplicates nothing. When all items exist, the run summary (target scores, measured NFE
+and wall time, the paper-ledger row, the resolved config) and a grid of the samples are written. The
+model, method, rewards and logger are built from their configs' ``_target_``; this stage imports none of
+them. Held-out evaluators are the evaluation stage's (``ntrk_bench/evaluate.py``); with ``evaluate=true``
+(the mini tasks' default) it runs right after generation.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -18,56 +20,40 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .io import load_image, save_grid, save_image, save_video, write_atomic, write_json_atomic
-from .methods import Problem, uses_whitening
-from .models import counted, smooth_mixture
+from .config import build_reward, instantiate_block
+from .io import load_image, save_grid, save_image, save_video, write_atomic
+from .method import Method, Problem, build_method
+from .models import counted
+from .rundir import ItemRecord, RunDir, RunRecord
 from .sde import FlowSDE
 
 
-#: keys that say where results go, how they are shown or tracked - not what they are. Runs shared by several
-#: experiments (Table 2's rows are Table 14's) land in one directory and are computed once.
+#: keys that say where results go, how they are shown, tracked or batched - not what they are. Runs shared by
+#: several experiments (Table 2's rows are Table 14's) land in one directory and are computed once.
 NOT_HASHED = ("out_dir", "run_name", "results_root", "progress", "evaluate", "eval_envs", "experiment_name", "logger",
-              "save_latents")
+              "save_latents", "batch_size")
+#: model keys that change memory and speed, not results
+NOT_HASHED_MODEL = ("gradient_checkpointing", "offload_encoders", "device")
 
 
 def config_hash(cfg: DictConfig) -> str:
     """Hash of everything that determines the results (not where they go or how progress is shown)."""
     data = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_HASHED}
+    if isinstance(data.get("model"), dict):
+        data["model"] = {k: v for k, v in data["model"].items() if k not in NOT_HASHED_MODEL}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def check_same_config(path: Path, chash: str) -> None:
+def check_same_config(found: str, path: Path, chash: str) -> None:
     """Refuse to mix results of different configurations in one directory."""
-    found = json.loads(path.read_text()).get("config_hash")
     if found != chash:
         raise ValueError(f"{path} holds results of another configuration (config hash {found}, this run {chash}); "
                          "choose another out_dir or remove it")
 
 
 def build_model(cfg: DictConfig):
-    """The flow model of a ``conf/model`` option, by family."""
-    family = cfg.get("family", cfg.name)
-    if family == "gmm":
-        return smooth_mixture(tuple(cfg.latent_shape), cfg.components, cfg.component_std, cfg.seed)
-    if family == "mini_exact":
-        from .mini.exact import exact_mixture
-
-        return exact_mixture(cfg.clusters_per_class, cfg.min_std)
-    if family == "mini":
-        from .mini.net import MiniLearnedFlow
-
-        return MiniLearnedFlow(cfg.weights)
-    if family == "flux":
-        from .models.flux import FluxFlow
-
-        return FluxFlow.from_pretrained(cfg.model_id, cfg.dtype, cfg.device, cfg.allow_download,
-                                        transformer_id=cfg.get("transformer_id"), height=cfg.height, width=cfg.width,
-                                        guidance_scale=cfg.guidance_scale, max_sequence_length=cfg.max_sequence_length)
-    if family in ("zimage", "wan"):
-        from .models import diffusers_flows
-
-        return diffusers_flows.from_config(cfg)
-    raise ValueError(f"model family {family!r} is unknown; see conf/model/")
+    """The flow model of a ``conf/model`` option (its ``_target_``)."""
+    return instantiate_block(cfg)
 
 
 PROMPTS_DIR = Path(__file__).parent / "data" / "prompts"
@@ -89,17 +75,17 @@ def load_prompts(task: DictConfig) -> list[str]:
     return prompts
 
 
-def method_params(cfg: DictConfig, for_record: bool = False) -> dict:
-    """A method's constructor arguments: its config group, the budget (``nfe``) turned into particles
-    (baselines/budgets.py), and the whitening operator for NTRK-based methods."""
-    from baselines.budgets import budget_params
+def method_of(cfg: DictConfig) -> Method:
+    """The run's method with its budget (``nfe``) spent by its own cost model."""
+    return build_method(cfg.method, cfg.get("nfe"), cfg.steps)
 
-    params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
-    if cfg.get("nfe"):
-        params |= budget_params(cfg.method.name, cfg.nfe, cfg.steps, params)
-    if uses_whitening({"name": cfg.method.name, **params}):
-        params["whitening"] = OmegaConf.to_container(cfg.whitening, resolve=True) if for_record else cfg.whitening
-    return params
+
+def method_record(method: Method) -> dict:
+    """A method's configuration as recorded with each item (the whitening block by name)."""
+    out = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)}
+    if "whitening" in out:
+        out["whitening"] = method.whitening_name
+    return out
 
 
 def item_seed(cfg: DictConfig, index: int) -> int:
@@ -119,102 +105,98 @@ def save_output(cfg: DictConfig, pixels: torch.Tensor, d: Path) -> str:
     return "image.png"
 
 
-def generate(cfg: DictConfig) -> dict:
-    from rewards import build_reward
-
-    from baselines.budgets import ledger_row
-
-    out = Path(cfg.out_dir)
-    summary_path = out / "record.json"
+def generate(cfg: DictConfig, guard=None) -> RunRecord:
+    """Generate (or resume) one run; ``guard`` wraps the model, reward and whitening operator (placement
+    checks, ``ntrk_bench.placement``)."""
+    run = RunDir(cfg.out_dir)
     chash = config_hash(cfg)
-    if summary_path.exists():
-        check_same_config(summary_path, chash)
-        record = json.loads(summary_path.read_text())
-        print(f"already done: {summary_path} ({cfg.task.target} {record['scores'][cfg.task.target]:.4f})")
+    logger = instantiate_block(cfg.logger)  # a logger that cannot work fails now, before any generation
+    if run.finished():
+        record = run.read_summary()
+        check_same_config(record.config_hash, run.summary_path, chash)
+        print(f"already done: {run.summary_path} ({cfg.task.target} {record.scores[cfg.task.target]:.4f})")
     else:
-        record = generate_items(cfg, out, chash, build_reward, ledger_row)
-    scores = dict(record["scores"])
+        record = generate_items(cfg, run, chash, guard)
+    scores = dict(record.scores)
     if cfg.get("evaluate"):
         from . import evaluate
 
-        evaluate.evaluate([out], envs=dict(cfg.get("eval_envs") or {}), progress=cfg.progress)
-        scores |= evaluate.summary(out)
+        evaluate.evaluate([run], envs=dict(cfg.get("eval_envs") or {}), progress=cfg.progress)
+        scores |= evaluate.summary(run)
         print(f"{cfg.method.name} on {cfg.model.name}/{cfg.task.name}: " +
               ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-    from .tracking import log_run
-
-    log_run(cfg, record, scores)
+    logger.log_run(cfg, record, scores)
     return record
 
 
-def generate_items(cfg: DictConfig, out: Path, chash: str, build_reward, ledger_row) -> dict:
-    from baselines import build_method
+def generate_items(cfg: DictConfig, run: RunDir, chash: str, guard=None) -> RunRecord:
     from tqdm.auto import tqdm
 
     prompts = [p for p in load_prompts(cfg.task) for _ in range(cfg.samples_per_prompt)]
-    dirs = [out / "items" / name for name in item_dirs(cfg, prompts)]
-    for d in dirs:
-        if (d / "record.json").exists():
-            check_same_config(d / "record.json", chash)
-    todo = [i for i, d in enumerate(dirs) if not (d / "record.json").exists()]
-    model = counted(build_model(cfg.model))
+    names = item_dirs(cfg, prompts)
+    for name in names:
+        if run.item_done(name):
+            check_same_config(run.read_item(name).config_hash, run.item_record_path(name), chash)
+    todo = [i for i, name in enumerate(names) if not run.item_done(name)]
+    model = build_model(cfg.model)
+    if guard is not None:
+        model = guard("model", model)
+    model = counted(model)
     target = build_reward(cfg.task.target, model.latent_shape, **dict(cfg.task.get("target_args") or {}))
-    params = method_params(cfg, for_record=True)
+    method = method_of(cfg)
     if todo:
-        method = build_method(cfg.method.name, **method_params(cfg))
         sde = FlowSDE(**cfg.sde)
-        print(f"{len(todo)} of {len(prompts)} items to generate ({len(prompts) - len(todo)} already done) -> {out}")
+        print(f"{len(todo)} of {len(prompts)} items to generate ({len(prompts) - len(todo)} already done) -> {run.path}")
         for i in tqdm(todo, desc=cfg.method.name, disable=not cfg.progress):
             before, start = model.counter.snapshot(), time.perf_counter()
             gen = torch.Generator().manual_seed(item_seed(cfg, i))
-            res = method(Problem(sde, model, prompts[i], target, cfg.steps, gen, cfg.task.condition_model))
+            res = method(Problem(sde, model, prompts[i], target, cfg.steps, gen, cfg.task.condition_model,
+                                 batch_size=cfg.get("batch_size"), guard=guard))
             wall, after = time.perf_counter() - start, model.counter.snapshot()
             nfe = after["nfe"] - before["nfe"]
-            if cfg.get("nfe") and nfe != cfg.nfe:  # the budget arithmetic and the counter must agree
+            if cfg.get("nfe") and nfe != cfg.nfe:  # the method's cost model and the counter must agree
                 raise RuntimeError(f"{cfg.method.name} spent {nfe} NFE on item {i}, not the budgeted {cfg.nfe}")
-            d, x0 = dirs[i], res.x0.detach()
+            name, d, x0 = names[i], run.item_dir(names[i]), res.x0.detach()
             with torch.no_grad():
                 pixels = model.decode(x0)
                 score = float(target(pixels, [prompts[i]])[0])
             if cfg.save_latents:
-                write_atomic(d / "latent.pt", lambda p, x0=x0: torch.save(x0.cpu(), p))
-            record = {"index": i, "prompt": prompts[i], "seed": item_seed(cfg, i), "method": cfg.method.name,
-                      "output": save_output(cfg, pixels[0].cpu(), d), "target": cfg.task.target,
-                      "target_score": score, "method_value": res.reward, "nfe": nfe,
-                      "grad_nfe": after["grad_nfe"] - before["grad_nfe"], "wall_s": wall, "config_hash": chash,
-                      "method_config": params}
-            write_json_atomic(d / "record.json", record)  # last: its presence marks the item done
-    return summarise(cfg, prompts, dirs, out / "record.json", lambda nfe: ledger_row(cfg.method.name, params, cfg.steps, nfe))
+                write_atomic(run.latent_path(name), lambda p, x0=x0: torch.save(x0.cpu(), p))
+            run.write_item(name, ItemRecord(  # last: its presence marks the item done
+                index=i, prompt=prompts[i], seed=item_seed(cfg, i), method=cfg.method.name,
+                output=save_output(cfg, pixels[0].float().cpu(), d), target=cfg.task.target, target_score=score,
+                method_value=res.reward, nfe=nfe, grad_nfe=after["grad_nfe"] - before["grad_nfe"], wall_s=wall,
+                config_hash=chash, method_config=method_record(method)))
+    return summarise(cfg, prompts, run, names, method, dict(getattr(target, "conventions", None) or {}))
 
 
-def summarise(cfg: DictConfig, prompts: list[str], dirs: list[Path], summary_path: Path, ledger) -> dict:
+def summarise(cfg: DictConfig, prompts: list[str], run: RunDir, names: list[str], method: Method,
+              conventions: dict | None = None) -> RunRecord:
     """The run's record from its finished items: target scores, measured NFE and wall time, the ledger row."""
-    items = [json.loads((d / "record.json").read_text()) for d in dirs]
-    n, out = len(prompts), summary_path.parent
-    target = [it["target_score"] for it in items]
-    row = ledger(cfg.get("nfe") or sum(it["nfe"] for it in items) // n)
-    record = {
-        "method": cfg.method.name, "model": cfg.model.name, "family": cfg.model.get("family", cfg.model.name),
-        "task": cfg.task.name, "experiment": cfg.experiment_name, "seed": cfg.seed, "steps": cfg.steps,
-        "ledger": {"method": row.method, "augment": row.augment, "particles": row.particles,
-                   "steps": str(row.steps), "nfe": row.nfe},
-        "prompts": prompts, "items": [d.name for d in dirs], "target": cfg.task.target,
-        "scores": {cfg.task.target: sum(target) / n},
-        "per_sample": {cfg.task.target: target, "nfe": [it["nfe"] for it in items],
-                       "grad_nfe": [it["grad_nfe"] for it in items], "wall_s": [it["wall_s"] for it in items]},
-        "nfe_per_sample": sum(it["nfe"] for it in items) // n,
-        "grad_nfe_per_sample": sum(it["grad_nfe"] for it in items) // n,
-        "wall_s": sum(it["wall_s"] for it in items), "config_hash": config_hash(cfg),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    if all(it["output"].endswith(".png") for it in items):
-        save_grid(torch.stack([load_image(d / it["output"]) for d, it in zip(dirs, items)]), out / "samples.png")
-    write_json_atomic(summary_path, record)
+    items = [run.read_item(name) for name in names]
+    n = len(prompts)
+    target = [it.target_score for it in items]
+    row = method.ledger_row(cfg.steps, cfg.get("nfe") or sum(it.nfe for it in items) // n)
+    record = RunRecord(
+        method=cfg.method.name, display_name=method.display_name(), whitening=method.whitening_name,
+        model=cfg.model.name, family=cfg.model.get("family", cfg.model.name), task=cfg.task.name,
+        experiment=cfg.experiment_name, seed=cfg.seed, steps=cfg.steps,
+        ledger={**dataclasses.asdict(row), "steps": str(row.steps)}, prompts=prompts, items=names,
+        target=cfg.task.target, scores={cfg.task.target: sum(target) / n},
+        per_sample={cfg.task.target: target, "nfe": [it.nfe for it in items], "grad_nfe": [it.grad_nfe for it in items],
+                    "wall_s": [it.wall_s for it in items]},
+        nfe_per_sample=sum(it.nfe for it in items) // n, grad_nfe_per_sample=sum(it.grad_nfe for it in items) // n,
+        wall_s=sum(it.wall_s for it in items), config_hash=config_hash(cfg),
+        config=OmegaConf.to_container(cfg, resolve=True), target_conventions=conventions or {})
+    if all(it.output.endswith(".png") for it in items):
+        save_grid(torch.stack([load_image(run.item_dir(name) / it.output) for name, it in zip(names, items)]),
+                  run.grid_path)
+    run.write_summary(record)
     print(f"{cfg.method.name} on {cfg.model.name}/{cfg.task.name}: target {cfg.task.target} "
-          f"{record['scores'][cfg.task.target]:.3f} | NFE {record['nfe_per_sample']} per sample "
-          f"({record['grad_nfe_per_sample']} with gradients), {record['wall_s']:.1f} s\n"
-          f"images: {out / 'samples.png'}  record: {summary_path}")
+          f"{record.scores[cfg.task.target]:.3f} | NFE {record.nfe_per_sample} per sample "
+          f"({record.grad_nfe_per_sample} with gradients), {record.wall_s:.1f} s\n"
+          f"images: {run.grid_path}  record: {run.summary_path}")
     return record
 
 
-__all__ = ["build_model", "generate", "load_prompts", "method_params"]
+__all__ = ["build_model", "config_hash", "generate", "load_prompts", "method_of", "method_record"]

@@ -16,7 +16,7 @@ class MissingModel(RuntimeError):
 
 
 def missing(what: str, model_id: str, err: Exception, filename: str | None = None) -> MissingModel:
-    fetch = f"huggingface-cli download {model_id}" + (f" {filename}" if filename else "")
+    fetch = f"hf download {model_id}" + (f" {filename}" if filename else "")
     return MissingModel(
         f"{what} weights not found for '{model_id}' (offline, or not downloaded). Fetch them on a machine with hub "
         f"access: `{fetch}` (then set HF_HOME, or point the config at the local copy); original error: "

@@ -76,3 +76,16 @@ def save_grid(pixels: torch.Tensor, path: Path, columns: int = 10, scale: int = 
     img = Image.fromarray(to_uint8(grid))
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale != 1 else img
     write_atomic(path, lambda p: img.save(p, format="PNG"))
+
+
+def load_video(path: Path) -> torch.Tensor:
+    """A saved MP4 back as (C, F, H, W) in [0, 1] (needs imageio + imageio-ffmpeg, the ``video`` extra)."""
+    import imageio.v3 as iio
+
+    frames = torch.from_numpy(iio.imread(str(path), plugin="FFMPEG")).float() / 255  # (F, H, W, C)
+    return frames.permute(3, 0, 1, 2)
+
+
+def load_output(path: Path) -> torch.Tensor:
+    """An item's saved output (PNG image or MP4 video) as a [0, 1] tensor."""
+    return load_video(path) if Path(path).suffix == ".mp4" else load_image(path)

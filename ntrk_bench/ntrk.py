@@ -18,10 +18,13 @@ FLUX's 65,536-dim latent, where whitening leaves structured gradients with cos ~
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
+from .limits import Limit, positive
+from .method import Chain, Problem
 from .sampling import Evaluation, NoiseRule
 
 
@@ -42,7 +45,7 @@ def resolve_gamma(gamma: float | str, grad: torch.Tensor, w: torch.Tensor, stren
         return strength_gamma(grad, w, strength)
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"NTRK guidance strength gamma must lie in [0, 1] or be 'auto', got {gamma}")
-    return torch.full((grad.shape[0],), float(gamma))
+    return torch.full((grad.shape[0],), float(gamma), device=grad.device)
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -54,7 +57,7 @@ def tilted_noise(grad: torch.Tensor, eps: torch.Tensor, gamma: float | str,
     """eq. 11. Samples whose gradient vanished carry no direction and get the plain draw eps."""
     if gamma == 0.0:
         return eps
-    w = whiten(grad).float()
+    w = whiten(grad).to(eps.dtype)
     g = _per_sample(resolve_gamma(gamma, grad, w, strength), eps)
     alive = grad.flatten(1).abs().amax(dim=1) > 0
     tilted = g * w + (1.0 - g * g).sqrt() * eps
@@ -77,10 +80,36 @@ def mean_shift_rule(gamma: float | str, whiten: Callable[[torch.Tensor], torch.T
                     strength: float = STRENGTH_REF):
     """The mean-shift control: the mean of NTRK's tilted noise, std gamma W(g), moved into the kernel mean,
     with the full fresh noise kept. Same direction and expected displacement as NTRK; only where the
-    guidance enters (mean vs noise) differs - "noise tilt" vs "stronger guidance" (issue 6)."""
+    guidance enters (mean vs noise) differs - "noise tilt" vs "stronger guidance"."""
 
     def shift(ev: Evaluation, std: float, k: int) -> torch.Tensor:
-        w = whiten(ev.grad).float()
+        w = whiten(ev.grad).to(ev.grad.dtype)
         return std * _per_sample(resolve_gamma(gamma, ev.grad, w, strength), w) * w
 
     return shift
+
+
+#: gamma: a fixed strength in [0, 1] (eq. 11) or "auto"
+GAMMA = Limit(lambda v: v == "auto" if isinstance(v, str) else 0 <= v <= 1,
+              "in [0, 1] (NTRK mixes gamma W(g) with sqrt(1 - gamma^2) noise) or auto")
+
+
+@dataclass
+class NTRK(Chain):
+    """NTRK (eqs. 10-13): 1 NFE per step; particles > 1 is NTRK-dagger (Best-of-N over independent runs)."""
+
+    gamma: float | str = "auto"
+    strength: float = STRENGTH_REF
+    whitening: Optional[Any] = None  # a conf/whitening block (None: ``full``)
+    label: ClassVar[str] = "NTRK"
+    ledger_name: ClassVar[str] = "ntrk"
+    needs_grad: ClassVar[bool] = True
+    dagger: ClassVar[bool] = True
+    limits: ClassVar[dict] = {"gamma": GAMMA, "strength": positive}
+
+    def noise_rule(self, problem: Problem) -> NoiseRule:
+        return ntrk_rule(self.gamma, problem.whitening(self.whitening), self.strength)
+
+    @property
+    def whitening_name(self) -> str | None:
+        return (self.whitening or {}).get("name", "full")

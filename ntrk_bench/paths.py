@@ -1,4 +1,4 @@
-"""Interpolant schedules and the conversion between them (paper App. A.1.2; anchors Sec. 2.2).
+"""Interpolant schedules and the conversion between them (paper App. A.1.2; Psi-Sampler's FLUX sampler, KAIST-Visual-AI-Group/Psi-Sampler).
 
 A schedule gives x_tau = alpha(tau) x0 + sigma(tau) eps; tau = 1 is noise, tau = 0 is data. Every model of
 the harness is a rectified flow: its velocity is for the *linear* interpolant alpha = 1 - t, sigma = t,
@@ -30,7 +30,7 @@ class LinearSchedule:
 
 @dataclass(frozen=True)
 class VPSchedule:
-    """Variance-preserving path with linear beta(r) from beta_min to beta_max (anchors Sec. 2.2).
+    """Variance-preserving path with linear beta(r) from beta_min to beta_max (Song et al., ICLR 2021, eq. 29).
 
     T(r) = beta_min r + (beta_max - beta_min) r^2 / 2, alpha = exp(-T/2), sigma = sqrt(1 - exp(-T)).
     """
@@ -64,7 +64,7 @@ class ModelTime(NamedTuple):
 
 
 def model_time(c: Coeffs) -> ModelTime:
-    """Equal-SNR conversion to the linear path (anchors Sec. 2.2: t = 1 / (1 + alpha/sigma), s = sigma/t).
+    """Equal-SNR conversion to the linear path (paper eqs. 31-32: t = 1 / (1 + alpha/sigma), s = sigma/t).
 
     With s = alpha + sigma, alpha_tau = s (1 - t) and sigma_tau = s t, so x_tau = s x_t exactly; for the
     linear schedule itself s = 1, t = tau, and the conversion is the identity.
@@ -76,7 +76,7 @@ def model_time(c: Coeffs) -> ModelTime:
 
 
 def velocity_to_schedule(v: torch.Tensor, x: torch.Tensor, mt: ModelTime) -> torch.Tensor:
-    """Sampler-schedule velocity u = d x_tau / d tau = (ds/dtau) x_tau / s + s (dt/dtau) v (anchors Sec. 2.2)."""
+    """Sampler-schedule velocity u = d x_tau / d tau = (ds/dtau) x_tau / s + s (dt/dtau) v (Song et al., ICLR 2021, eq. 29)."""
     return _b(mt.ds / mt.s, x) * x + _b(mt.s * mt.dt, x) * v
 
 

@@ -18,8 +18,6 @@ QUALITY = {"log_density": +1, "fd_to_real": -1, "diversity": +1}  # sign: +1 hig
 TASKS = (("mini_aesthetic", "mini_ink"), ("mini_text", "mini_align"))  # (task, target reward)
 HELD = {"mini_aesthetic": ["mini_ink_heldout", "mini_align_heldout_accuracy"],
         "mini_text": ["mini_align_heldout", "mini_align_heldout_accuracy"]}
-NAMES = {"base": "Base", "bon": "BoN", "dps": "DPS", "freedom": "FreeDoM", "svdd": "SVDD", "rbf": "RBF", "das": "DAS",
-         "psi": "Psi-Sampler", "ntrk": "NTRK", "meanshift": "mean-shift control"}
 
 
 #: each section's heading and introduction
@@ -82,14 +80,14 @@ def fmt(x) -> str:
 
 
 def label(row) -> str:
-    dagger = "†" if row["augment"] == "bon" else ""
-    return f"{NAMES.get(row['method'], row['method'])}{dagger} ({row['particles']}×{row['steps']})"
+    """A method as its run records name it (the method's own display name), with its particles and steps."""
+    return f"{row['display']} ({row['particles']}×{row['steps']})"
 
 
 def build(root: Path, tables_dir: Path, out: Path) -> str:
     df = collect(root)
     df = df[df["family"].isin(["mini", "mini_exact"])]
-    keys = ["model", "task", "method", "augment", "particles", "steps", "nfe", "gamma", "whitening", "scale", "variant"]
+    keys = ["model", "task", "method", "display", "augment", "particles", "steps", "nfe", "gamma", "whitening", "scale", "variant"]
     s = per_seed(df, keys)
     lines = ["# Results on the mini suite",
              "",
@@ -154,7 +152,7 @@ def frontiers(s: pd.DataFrame, tables_dir: Path, docs: Path) -> list[str]:
             t = sweep_points(s, task, target, spec)
             if t.empty:
                 continue
-            key = ["method", "augment", "particles", "steps", "nfe", "gamma", "whitening", "scale", "variant"]
+            key = ["method", "display", "augment", "particles", "steps", "nfe", "gamma", "whitening", "scale", "variant"]
             for ax, (metric, sign) in zip(axes, measures):
                 q = sweep_points(s, task, metric, spec)
                 both = t.merge(q, on=key, suffixes=("_t", "_q"))
@@ -176,7 +174,7 @@ def frontiers(s: pd.DataFrame, tables_dir: Path, docs: Path) -> list[str]:
         for name, spec in SWEEPS.items():
             t = sweep_points(s, task, target, spec)
             for _, r in t.iterrows():
-                where = {k: r[k] for k in ["method", "augment", "particles", "steps", "nfe", "gamma", "whitening",
+                where = {k: r[k] for k in ["method", "display", "augment", "particles", "steps", "nfe", "gamma", "whitening",
                                            "variant"]}
                 sel = s[(s["model"] == "mini") & (s["task"] == task)]
                 for k, v in where.items():
@@ -201,7 +199,7 @@ def matched_target(s: pd.DataFrame, task: str, target: str, measures) -> list[st
         t = sweep_points(s, task, target, SWEEPS[name])
         if len(t) < 2:
             continue
-        key = ["method", "augment", "particles", "steps", "nfe", "gamma", "whitening", "scale", "variant"]
+        key = ["method", "display", "augment", "particles", "steps", "nfe", "gamma", "whitening", "scale", "variant"]
         curve = {}
         for metric, _ in measures:
             q = t.merge(sweep_points(s, task, metric, SWEEPS[name]), on=key, suffixes=("_t", "_q"))

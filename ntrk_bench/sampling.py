@@ -8,7 +8,7 @@ Methods plug in through two hooks and nothing else:
 
 The reward gradient, when a ``value`` function is given, is taken w.r.t. the current state *through the
 denoiser* (x_tau -> model -> Tweedie x0 -> decode -> reward), and the velocity of that same pass drives
-the step: one NFE per step (anchors Sec. 0.3).
+the step: one NFE per step (paper Sec. 3.5, eq. 13).
 """
 from __future__ import annotations
 
@@ -27,13 +27,29 @@ class Evaluation:
     value: Optional[torch.Tensor] = None  # reward of the decoded Tweedie estimate, (B,)
     grad: Optional[torch.Tensor] = None  # d value / d x_tau, same shape as x
 
+    @staticmethod
+    def cat(parts: list["Evaluation"]) -> "Evaluation":
+        """The evaluations of consecutive chunks of one batch, as one."""
+        def join(ts):
+            return None if ts[0] is None else torch.cat(ts)
+
+        den = Denoised(*(torch.cat(ts) for ts in zip(*(p.den for p in parts))))
+        return Evaluation(den, join([p.value for p in parts]), join([p.grad for p in parts]))
+
+    def select(self, index) -> "Evaluation":
+        """The evaluations of the samples at ``index`` (a tensor of indices)."""
+        pick = (lambda t: None if t is None else t[index])
+        return Evaluation(self.den.select(index), pick(self.value), pick(self.grad))
+
 
 Value = Callable[[torch.Tensor], torch.Tensor]  # clean latent x0 (B, ...) -> reward (B,), differentiable
 NoiseRule = Callable[[Evaluation, torch.Tensor, int], torch.Tensor]
 ShiftRule = Callable[[Evaluation, float, int], Optional[torch.Tensor]]
+Evaluator = Callable[[torch.Tensor, Any], Evaluation]  # (x, tau) -> Evaluation
+Normal = Callable[[tuple], torch.Tensor]  # shape -> standard-normal draws on the state's device and dtype
 
 
-def evaluate(sde: FlowSDE, model, x: torch.Tensor, tau, cond: Any, value: Value | None = None,
+def evaluate_denoiser(sde: FlowSDE, model, x: torch.Tensor, tau, cond: Any, value: Value | None = None,
              with_grad: bool = True) -> Evaluation:
     """One denoiser pass at (x, tau); with ``value``, also the reward of the Tweedie estimate and, if
     ``with_grad``, its gradient w.r.t. x taken through the denoiser."""
@@ -46,27 +62,63 @@ def evaluate(sde: FlowSDE, model, x: torch.Tensor, tau, cond: Any, value: Value 
         den = sde.denoise(model, xg, tau, cond)
         val = value(den.x0)
         (grad,) = torch.autograd.grad(val.sum(), xg)
-    return Evaluation(den.detach(), val.detach(), torch.nan_to_num(grad.float(), nan=0.0, posinf=0.0, neginf=0.0))
+    return Evaluation(den.detach(), val.detach(), torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0))
 
 
-def sample_chain(sde: FlowSDE, model, cond: Any, x: torch.Tensor, steps: int, generator: torch.Generator | None = None,
-                 value: Value | None = None, noise_rule: NoiseRule | None = None, shift_rule: ShiftRule | None = None,
+def sample_chain(sde: FlowSDE, x: torch.Tensor, steps: int, normal: Normal, evaluate: Evaluator,
+                 noise_rule: NoiseRule | None = None, shift_rule: ShiftRule | None = None,
                  progress: bool = False) -> torch.Tensor:
     """Integrate the reverse SDE from x at tau = 1 to tau = 0 in ``steps`` kernel steps; returns x at tau = 0.
 
-    Fresh noise is drawn from ``generator`` once per step whatever the method, so methods that agree on the
+    Fresh noise is drawn (``normal``) once per step whatever the method, so methods that agree on the
     injected noise (e.g. NTRK with gamma = 0 and the base kernel) produce identical chains.
     """
     times = sde.times(steps)
     for k in tqdm(range(steps), disable=not progress, desc="sampling", leave=False):
-        ev = evaluate(sde, model, x, times[k], cond, value)
-        eps = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
+        ev = evaluate(x, times[k])
+        eps = normal(x.shape)
         noise = eps if noise_rule is None else noise_rule(ev, eps, k)
         shift = None if shift_rule is None else shift_rule(ev, sde.std(times[k], times[k + 1]), k)
         x = sde.step(x, ev.den, times[k], times[k + 1], noise, shift)
     return x
 
 
-def initial_noise(model, batch: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
-    """x at tau = 1: a standard normal latent, used as is in either schedule (anchors Sec. 2.2)."""
-    return torch.randn((batch, *model.latent_shape), generator=generator, device=device)
+def model_evaluator(sde: FlowSDE, model, cond: Any, value: Value | None = None) -> Evaluator:
+    """(x, tau) -> one denoiser pass of ``model`` under ``cond`` (a batch of possibly different prompts)."""
+    return lambda x, tau: evaluate_denoiser(sde, model, x, tau, cond, value)
+
+
+@dataclass
+class NoiseSource:
+    """Seeded draws made on the CPU (``generator``) and moved to the owner's device and dtype, so that a seed
+    reproduces the same numbers whatever the device (as diffusers' ``randn_tensor`` with a CPU generator)."""
+
+    generator: Optional[torch.Generator] = None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def normal(self, shape) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=self.generator).to(self.device, self.dtype)
+
+    def uniform(self, n: int) -> torch.Tensor:
+        """(n,) uniforms in float64 (accept/reject decisions)."""
+        return torch.rand(n, generator=self.generator, dtype=torch.float64).to(self.device)
+
+    def permutation(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator).to(self.device)
+
+
+def initial_noise(model, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x at tau = 1 for ``batch`` samples: standard normal on the model's device and dtype."""
+    return NoiseSource(generator, getattr(model, "device", torch.device("cpu")),
+                       getattr(model, "dtype", torch.float32)).normal((batch, *model.latent_shape))
+
+
+def sample_model(sde: FlowSDE, model, cond: Any, x: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+                 value: Value | None = None, noise_rule: NoiseRule | None = None, shift_rule: ShiftRule | None = None,
+                 progress: bool = False) -> torch.Tensor:
+    """:func:`sample_chain` for a batch under one conditioning ``cond`` (prompts may differ per sample), with
+    fresh noise from a CPU ``generator`` moved to x's device and dtype."""
+    noise = NoiseSource(generator, x.device, x.dtype)
+    return sample_chain(sde, x, steps, noise.normal, model_evaluator(sde, model, cond, value), noise_rule, shift_rule,
+                        progress)

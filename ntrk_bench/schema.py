@@ -1,8 +1,9 @@
 """Validation of a composed configuration before anything loads: types and ranges, one line naming the key.
 
-Types come from the code that consumes each block - the top-level schema below, each method's constructor
-signature (``baselines.METHODS``), ``FlowSDE`` and ``WhiteningConfig`` - so a new parameter is validated
-the moment it exists. Ranges and choices are the table ``RULES``.
+Types come from the code that consumes each block - the run's top-level keys (:class:`Run`), the method's
+class (named by ``method._target_``; its dataclass fields), ``FlowSDE`` and ``WhiteningConfig`` - and ranges
+and choices from the same classes' ``limits`` (``ntrk_bench.limits``), so a new parameter is validated where
+it is defined. A budget (``nfe``) is checked by asking the method's own cost model.
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import dataclasses
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from omegaconf import DictConfig, OmegaConf
+
+from .limits import Limit, at_least, choice, collect, count, interval
 
 
 class ConfigError(ValueError):
@@ -25,44 +28,17 @@ class Run:
     nfe: Optional[int] = None
     samples_per_prompt: int = 1
     seed: int = 0
+    batch_size: Optional[int] = None
     progress: bool = True
     save_latents: bool = True
     evaluate: bool = True
+    limits: ClassVar[dict] = {"steps": count, "nfe": count, "samples_per_prompt": count, "seed": at_least(0),
+                              "batch_size": count}
 
 
-def _positive(v) -> bool:
-    return v > 0
-
-
-def _unit(v) -> bool:
-    return 0 <= v <= 1
-
-
-#: key -> (predicate, what is allowed); applied wherever the key occurs (top level, method, sde, whitening)
-RULES: dict[str, tuple[Any, str]] = {
-    "steps": (_positive, "an integer >= 1"), "nfe": (_positive, "an integer >= 1 or null"),
-    "samples_per_prompt": (_positive, "an integer >= 1"), "seed": (lambda v: v >= 0, "an integer >= 0"),
-    "particles": (_positive, ">= 1"), "candidates": (_positive, ">= 1"), "iterations": (_positive, ">= 1"),
-    "chains": (_positive, ">= 1"), "repeats": (_positive, ">= 1"), "burn_in": (lambda v: v >= 0, ">= 0"),
-    "mcmc_steps": (_positive, ">= 1"), "budget": (_positive, ">= 1 or null"),
-    "gamma": (lambda v: v == "auto" if isinstance(v, str) else _unit(v),
-              "in [0, 1] (NTRK mixes gamma W(g) with sqrt(1 - gamma^2) noise) or auto"),
-    "strength": (_positive, "> 0"),
-    "scale": (lambda v: v >= 0, ">= 0"), "rho": (lambda v: v >= 0, ">= 0"), "lr": (_positive, "> 0"),
-    "alpha": (_positive, "> 0"), "alpha_mcmc": (_positive, "> 0"), "step_size": (_positive, "> 0"),
-    "ess_threshold": (_unit, "in [0, 1]"), "grad_rms_cap": (_positive, "> 0 or null"),
-    "reg_weight": (lambda v: v >= 0, ">= 0"), "level": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "diffusion_norm": (lambda v: v >= 0, ">= 0"), "cycles": (_positive, ">= 1"), "passes": (_positive, ">= 1"),
-    "output": (lambda v: v in ("tweedie", "step"), "tweedie or step"),
-    "proposal": (lambda v: v in ("twist", "ntrk"), "twist or ntrk"),
-    "init_weights": (lambda v: v in ("uniform", "reward"), "uniform or reward"),
-    "resampler": (lambda v: v in ("ssp", "multinomial"), "ssp or multinomial"),
-    "schedule": (lambda v: v in ("vp", "linear"), "vp or linear"),
-    "grid": (lambda v: v in ("linear", "sqrt"), "linear or sqrt"),
-    "diffusion": (lambda v: v in ("rev_original", "square", "linear", "sigma", "constant", "ode"),
-                  "rev_original, square, linear, sigma, constant or ode"),
-    "input_norm": (lambda v: v in ("rms", "none"), "rms or none"),
-}
+#: ranges of the whitening blocks (their types come from WhiteningConfig and BlockConfig)
+WHITENING_LIMITS: dict[str, Limit] = {"input_norm": choice("rms", "none"), "level": interval(0, 1, open_low=True),
+                                      "passes": count, "cycles": count, "repeats": count}
 
 
 def _check_type(key: str, value, hint) -> None:
@@ -82,51 +58,80 @@ def _check_type(key: str, value, hint) -> None:
         raise ConfigError(f"{key}={value!r}: expected {getattr(origin or hint, '__name__', hint)}")
 
 
-def _check(prefix: str, values: dict, hints: dict[str, Any]) -> None:
+def _check(prefix: str, values: dict, hints: dict[str, Any], limits: dict[str, Limit]) -> None:
     for k, v in values.items():
         key = f"{prefix}{k}"
         if k not in hints:
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(sorted(hints))}")
         _check_type(key, v, hints[k])
-        if k in RULES and v is not None and not isinstance(v, (list, dict)) and not RULES[k][0](v):
-            raise ConfigError(f"{key}={v!r}: must be {RULES[k][1]}")
+        if k in limits and v is not None and not isinstance(v, (list, dict)) and not limits[k](v):
+            raise ConfigError(f"{key}={v!r}: must be {limits[k].allowed}")
 
 
-def _hints(fn) -> dict[str, Any]:
-    """Parameter -> type of a constructor (dataclass fields or a function's annotations)."""
-    target = fn if not inspect.isclass(fn) else fn.__init__
-    hints = typing.get_type_hints(target)
-    params = inspect.signature(fn).parameters
-    return {name: hints.get(name, Any) for name in params if name not in ("self", "whitening")}
+def fields_of(cls) -> dict[str, Any]:
+    """Parameter -> type of a configured class: its dataclass init fields, else its constructor's arguments."""
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls.__init__ if inspect.isclass(cls) else cls)
+    return {n: hints.get(n, Any) for n in inspect.signature(cls).parameters if n != "self"}
+
+
+def locate(target: str):
+    """The object a dotted path names: the longest importable module prefix, then attributes."""
+    import importlib
+
+    parts = target.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(f"no module in {target!r} can be imported")
+
+
+def method_class(block: dict):
+    """The class a method block names (``_target_``), or a ConfigError naming the key."""
+    target = block.get("_target_")
+    if not target:
+        raise ConfigError(f"method._target_: missing (conf/method/{block.get('name', '<name>')}.yaml must name "
+                          "the method's class)")
+    try:
+        return locate(target)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"method._target_={target!r}: cannot be imported ({type(err).__name__})") from None
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError (one line, naming the key) for any bad value of a composed run configuration."""
-    from baselines import METHODS
-
+    from .method import BudgetError
     from .sde import FlowSDE
     from .whitening.operator import BlockConfig, WhiteningConfig
 
-    top = {f.name: f.type for f in dataclasses.fields(Run)}
-    _check("", {k: cfg.get(k) for k in top}, typing.get_type_hints(Run))
+    top = fields_of(Run)
+    _check("", {k: cfg.get(k) for k in top}, top, collect(Run))
     method = OmegaConf.to_container(cfg.method, resolve=True)
-    name = method.pop("name")
-    if name not in METHODS:
-        raise ConfigError(f"method.name={name!r}: unknown method; available: {', '.join(sorted(METHODS))}")
-    _check("method.", method, _hints(METHODS[name]))
-    _check("sde.", OmegaConf.to_container(cfg.sde, resolve=True), typing.get_type_hints(FlowSDE))
+    cls = method_class(method)
+    params = {k: v for k, v in method.items() if k not in ("_target_", "name")}
+    _check("method.", params, fields_of(cls), collect(cls))
+    _check("sde.", OmegaConf.to_container(cfg.sde, resolve=True), fields_of(FlowSDE), collect(FlowSDE))
     white = OmegaConf.to_container(cfg.whitening, resolve=True)
     blocks = white.pop("blocks", [])
-    _check("whitening.", white, typing.get_type_hints(WhiteningConfig))
+    _check("whitening.", white, fields_of(WhiteningConfig), WHITENING_LIMITS)
     for i, block in enumerate(blocks):
-        _check(f"whitening.blocks[{i}].", block, typing.get_type_hints(BlockConfig))
+        _check(f"whitening.blocks[{i}].", block, fields_of(BlockConfig), WHITENING_LIMITS)
+    try:
+        built = cls(**params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method ({method.get('name')}): {err}") from None
     if cfg.get("nfe"):
-        from baselines.budgets import budget_params
-
         try:
-            budget_params(name, cfg.nfe, cfg.steps, method)
-        except ValueError as err:
+            built.with_budget(cfg.nfe, cfg.steps)
+        except (BudgetError, ValueError) as err:
             raise ConfigError(str(err)) from None
 
 
-__all__ = ["ConfigError", "validate"]
+__all__ = ["ConfigError", "Run", "fields_of", "method_class", "validate"]

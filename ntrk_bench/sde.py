@@ -5,7 +5,7 @@ coefficient g, so stepping backwards from tau to tau' = tau - dtau
 
     mean = x + (-u + g(tau)^2 / 2 * score) dtau,      std = g(tau) sqrt(dtau)                 (eq. 34)
 
-is a draw from the base reverse kernel N(mean, std^2 I) (Psi-Sampler's step, anchors Sec. 2.3). Every
+is a draw from the base reverse kernel N(mean, std^2 I) (Psi-Sampler's step). Every
 method of the harness moves through :meth:`FlowSDE.step`; they differ only in the noise they inject
 (NTRK), a shift of the mean (DPS and relatives) or which draws they keep (search, SMC).
 """
@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
+from .limits import at_least, choice
 from .paths import Coeffs, make_schedule, model_time, score, tweedie, velocity_to_schedule
 
 
-# ----------------------------------------------------------------------------- time grids (anchors Sec. 2.3-2.4)
+# ----------------------------------------------------------------------------- time grids (Psi-Sampler, RBF)
 def time_grid(kind: str, steps: int, device=None) -> torch.Tensor:
     """Decreasing sampler times tau_0 = 1 > ... > tau_{N-1} > tau_N = 0 (N + 1 points, float64).
 
@@ -61,6 +62,11 @@ def diffusion_coefficient(kind: str, tau: torch.Tensor, c: Coeffs, norm: float) 
     raise ValueError(f"unknown diffusion coefficient {kind!r}")
 
 
+def working_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of the kernel's maths: the state's, at least float32 (a bf16 state is stepped in float32)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class Denoised(NamedTuple):
     """One denoiser evaluation at sampler time tau, in the sampler's schedule."""
 
@@ -82,7 +88,7 @@ class Denoised(NamedTuple):
 class FlowSDE:
     """Configuration of the reverse SDE: schedule, time grid, diffusion coefficient.
 
-    Defaults are Psi-Sampler's FLUX setting (anchors Sec. 2.3): VP time (beta 0.1 -> 20), linear grid,
+    Defaults are Psi-Sampler's FLUX setting (KAIST-Visual-AI-Group/Psi-Sampler): VP time (beta 0.1 -> 20), linear grid,
     ``rev_original`` coefficient with norm 1.0. ``schedule="linear"`` integrates the plain
     linear-interpolant form with no conversion.
     """
@@ -93,6 +99,9 @@ class FlowSDE:
     diffusion_norm: float = 1.0
     beta_min: float = 0.1
     beta_max: float = 20.0
+    limits: ClassVar[dict] = {"schedule": choice("vp", "linear"), "grid": choice("linear", "sqrt"),
+                              "diffusion": choice("rev_original", "square", "linear", "sigma", "constant", "ode"),
+                              "diffusion_norm": at_least(0)}
 
     @property
     def path(self):
@@ -102,17 +111,19 @@ class FlowSDE:
         return time_grid(self.grid, steps, device)
 
     def denoise(self, model, x: torch.Tensor, tau: torch.Tensor | float, cond: Any) -> Denoised:
-        """One NFE: query the model at the equal-SNR linear time and convert (anchors Sec. 2.2)."""
+        """One NFE: query the model at the equal-SNR linear time with the state rescaled (Psi-Sampler's
+        conversion, paper eqs. 31-33). Maths in the state's dtype, at least float32 (the model owns it)."""
         tau = torch.as_tensor(tau, dtype=torch.float64, device=x.device)
         c = self.path(tau)
         mt = model_time(c)
-        xf = x.float()
-        t = mt.t.to(torch.float32).expand(x.shape[0])
-        v = model.velocity((xf / mt.s.to(torch.float32)), t, cond).float()
-        c32 = Coeffs(*(q.to(torch.float32) for q in c))
-        mt32 = type(mt)(*(q.to(torch.float32) for q in mt))
-        u = velocity_to_schedule(v, xf, mt32)
-        return Denoised(v, u, tweedie(u, xf, c32), score(u, xf, c32))
+        dt = working_dtype(x)
+        x = x.to(dt)
+        t = mt.t.to(dt).expand(x.shape[0])
+        v = model.velocity(x / mt.s.to(dt), t, cond).to(dt)
+        cs = Coeffs(*(q.to(dt) for q in c))
+        mts = type(mt)(*(q.to(dt) for q in mt))
+        u = velocity_to_schedule(v, x, mts)
+        return Denoised(v, u, tweedie(u, x, cs), score(u, x, cs))
 
     def g(self, tau) -> float:
         tau = torch.as_tensor(tau, dtype=torch.float64)
@@ -123,20 +134,21 @@ class FlowSDE:
         return self.g(tau) * math.sqrt(float(tau) - float(tau_next))
 
     def kernel(self, x: torch.Tensor, den: Denoised, tau, tau_next) -> tuple[torch.Tensor, float]:
-        """Mean and std of the base reverse kernel from tau to tau_next < tau (eq. 34), maths in fp32."""
+        """Mean and std of the base reverse kernel from tau to tau_next < tau (eq. 34), in the state's dtype."""
         g = self.g(tau)
-        mean = x.float() + (-den.u + 0.5 * g * g * den.score) * (float(tau) - float(tau_next))
+        mean = x.to(working_dtype(x)) + (-den.u + 0.5 * g * g * den.score) * (float(tau) - float(tau_next))
         return mean, self.std(tau, tau_next)
 
     def renoise(self, x: torch.Tensor, tau_from, tau_to, eps: torch.Tensor) -> torch.Tensor:
         """Forward kernel from tau_from back up to tau_to > tau_from in the sampler's schedule:
         x_to = (a_to / a_from) x + sqrt(s_to^2 - (a_to / a_from)^2 s_from^2) eps (FreeDoM's time travel;
-        Psi-Sampler's ``reverse_step``, anchors Sec. 2.3)."""
+        Psi-Sampler's ``reverse_step``)."""
         c_from = self.path(torch.as_tensor(tau_from, dtype=torch.float64))
         c_to = self.path(torch.as_tensor(tau_to, dtype=torch.float64))
         ratio = float(c_to.alpha / c_from.alpha)
         var = float(c_to.sigma ** 2 - ratio ** 2 * c_from.sigma ** 2)
-        return (ratio * x.float() + max(var, 0.0) ** 0.5 * eps.float()).to(x.dtype)
+        dt = working_dtype(x)
+        return (ratio * x.to(dt) + max(var, 0.0) ** 0.5 * eps.to(dt)).to(x.dtype)
 
     def step(self, x: torch.Tensor, den: Denoised, tau: float, tau_next: float, noise: torch.Tensor,
              shift: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,7 +156,7 @@ class FlowSDE:
         mean, std = self.kernel(x, den, tau, tau_next)
         if shift is not None:
             mean = mean + shift
-        return (mean + std * noise.float()).to(x.dtype)
+        return (mean + std * noise.to(mean.dtype)).to(x.dtype)
 
 
 __all__ = ["Denoised", "FlowSDE", "diffusion_coefficient", "time_grid"]

@@ -10,16 +10,20 @@ other models or tasks (the mini suite) get tables of their own. Writes CSV, Mark
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from .methods import uses_whitening
+from .rundir import find_runs
 
-#: our metric names -> the paper's
-METRIC_NAMES = {"laion_aesthetic": "aesthetic", "t2icount": "t2icount_loss", **{
+#: our metric names -> the paper's (paper_results.csv, column "metric"), only where both are on the same scale:
+#: LAION aesthetic 1-10; CountGD accuracy in percent (rewards/countgd.py); VBench dimensions on VBench's 0-1
+#: scale (rewards/external.py rescales imaging quality's per-video MUSIQ scores). Names already equal are the
+#: same quantity: pickscore and hpsv2 raw cosines, imagereward normalised, vqascore P("Yes"), countgd_mae,
+#: videoreward Overall. Not mapped: t2icount, our target, is -sum smooth-L1 (a reward), the paper's t2icount_loss
+#: the loss itself (+sum), so the two are not compared.
+METRIC_NAMES = {"laion_aesthetic": "aesthetic", "countgd_accuracy": "countgd_acc", **{
     f"vbench_{d}": d for d in ("subject_consistency", "background_consistency", "motion_smoothness",
                                "dynamic_degree", "aesthetic_quality", "imaging_quality")}}
 #: our model family -> the paper's model column
@@ -39,22 +43,19 @@ CONFIG = KEYS + ["gamma", "whitening", "variant"]  # everything that makes two r
 def collect(root: Path) -> pd.DataFrame:
     """One row per (run, sample, metric); per-run metrics have sample -1."""
     rows, seen = [], set()
-    for rec_path in sorted(Path(root).rglob("record.json")):
-        if rec_path.parent.parent.name == "items":
+    for run in find_runs([root]):
+        rec = run.read_summary()
+        if rec.config_hash in seen:  # the same configuration reached by two sweeps
             continue
-        rec = json.loads(rec_path.read_text())
-        if "ledger" not in rec or rec["config_hash"] in seen:  # the same configuration reached by two sweeps
-            continue
-        seen.add(rec["config_hash"])
-        cfg, run = rec["config"], rec_path.parent
-        base = {"run": str(run), "family": rec["family"], "model": rec["model"], "task": rec["task"],
-                "target": METRIC_NAMES.get(rec["target"], rec["target"]),
-                "seed": rec["seed"], **rec["ledger"], "gamma": cfg["method"].get("gamma"),
-                "scale": cfg["method"].get("scale"), "variant": variant(cfg["method"]),
-                "whitening": cfg["whitening"].get("name") if uses_whitening(cfg["method"]) else None}
-        metrics = {k: v for k, v in rec["per_sample"].items()}
-        for path in sorted((run / "eval").glob("*.json")):
-            metrics |= json.loads(path.read_text())["scores"]
+        seen.add(rec.config_hash)
+        cfg = rec.config
+        base = {"run": str(run.path), "family": rec.family, "model": rec.model, "task": rec.task,
+                "target": METRIC_NAMES.get(rec.target, rec.target), "display": rec.display_name,
+                "seed": rec.seed, **rec.ledger, "gamma": cfg["method"].get("gamma"),
+                "scale": cfg["method"].get("scale"), "variant": variant(cfg["method"]), "whitening": rec.whitening}
+        metrics = dict(rec.per_sample)
+        for ev in run.evals():
+            metrics |= ev.scores
         for metric, values in metrics.items():
             name = METRIC_NAMES.get(metric, metric)
             if isinstance(values, list):
@@ -67,7 +68,7 @@ def collect(root: Path) -> pd.DataFrame:
 def variant(method: dict) -> str:
     """A method's settings other than its budget, as one string: configurations differing in any of them
     (DPS's scale, DAS's alpha, ...) are different rows."""
-    budget = {"name", "particles", "candidates", "iterations", "budget"}
+    budget = {"name", "_target_", "whitening", "particles", "candidates", "iterations", "budget"}
     return ",".join(f"{k}={v}" for k, v in sorted(method.items()) if k not in budget)
 
 
@@ -240,14 +241,30 @@ def paper_tables(main: pd.DataFrame, s: pd.DataFrame, d: pd.DataFrame, paper_dir
     return written
 
 
+#: the paper's reported numbers, shipped with the package
+PAPER_DIR = Path(__file__).resolve().parent / "data" / "paper"
+
+
+def paper_rows(csv_path: Path = PAPER_DIR / "paper_results.csv") -> list:
+    """The distinct ledger rows of the paper's results table (blank particles/steps: 40 x 25, the counting
+    configs of the reference code)."""
+    from .method import Row
+
+    df = pd.read_csv(csv_path, dtype=str).fillna("")
+    rows = set()
+    for r in df[["method", "augment", "particles", "steps", "nfe"]].drop_duplicates().itertuples(index=False):
+        particles = int(r.particles) if r.particles else 40
+        steps = r.steps if r.steps else "25"
+        rows.add((r.method, r.augment, particles, steps, int(r.nfe)))
+    return [Row(m, a, p, s if "+" in s else int(s), n) for m, a, p, s, n in sorted(rows)]
+
+
 def main(argv=None) -> None:
-    here = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(prog="python -m ntrk_bench.tables", description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default="results/runs")
     ap.add_argument("--out", default="results/tables")
     ap.add_argument("--suite", choices=["all", "paper", "mini"], default="all")
-    ap.add_argument("--paper", default=str(here.parent / "shared" / "paper" / "tables"),
-                    help="directory of paper_results.csv and paper_ablations.csv")
+    ap.add_argument("--paper", default=str(PAPER_DIR), help="directory of paper_results.csv and paper_ablations.csv")
     args = ap.parse_args(argv)
     paper = Path(args.paper) if (Path(args.paper) / "paper_results.csv").exists() else None
     if paper is None:

@@ -15,23 +15,38 @@ def run_id(out_dir: str | Path) -> str:
     return hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:16]
 
 
-def log_run(cfg: DictConfig, record: dict, scores: dict) -> None:
-    """Log a finished run's scores and image grid; no-op unless ``logger=wandb``."""
-    if cfg.logger.name != "wandb":
-        return
-    try:
-        import wandb
-    except ImportError:
-        raise ImportError("logger=wandb needs wandb: pip install -e .[wandb]") from None
-    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # finish() would otherwise probe the network
-    lg, out = cfg.logger, Path(cfg.out_dir)
-    run = wandb.init(project=lg.project, entity=lg.entity, mode=lg.mode, group=lg.group, tags=list(lg.tags),
-                     job_type=cfg.task.name, name=cfg.run_name, id=run_id(out), resume="allow", dir=str(out),
-                     config=OmegaConf.to_container(cfg, resolve=True))
-    try:
-        run.summary.update({**scores, "nfe_per_sample": record["nfe_per_sample"], "wall_s": record["wall_s"],
-                            "grad_nfe_per_sample": record["grad_nfe_per_sample"]})
-        if (out / "samples.png").exists():
-            run.log({"samples": wandb.Image(str(out / "samples.png"))})
-    finally:
-        run.finish()  # one run per job, also in a single-process multirun
+class NullLogger:
+    """``logger=none``: no tracking."""
+
+    def log_run(self, cfg: DictConfig, record, scores: dict) -> None:
+        return None
+
+
+class WandbLogger:
+    """``logger=wandb``: one run per job, offline by default; wandb is imported when the logger is built, so a
+    missing package is reported before any generation."""
+
+    def __init__(self, project: str = "ntrk-bench", entity: str | None = None, mode: str = "offline",
+                 group: str | None = None, tags=()):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("logger=wandb needs wandb: pip install -e .[wandb]") from None
+        self.wandb, self.project, self.entity, self.mode, self.group = wandb, project, entity, mode, group
+        self.tags = list(tags)
+
+    def log_run(self, cfg: DictConfig, record, scores: dict) -> None:
+        """Log a finished run's scores and image grid."""
+        wandb = self.wandb
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # finish() would otherwise probe the network
+        out = Path(cfg.out_dir)
+        run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, group=self.group, tags=self.tags,
+                         job_type=cfg.task.name, name=cfg.run_name, id=run_id(out), resume="allow", dir=str(out),
+                         config=OmegaConf.to_container(cfg, resolve=True))
+        try:
+            run.summary.update({**scores, "nfe_per_sample": record.nfe_per_sample, "wall_s": record.wall_s,
+                                "grad_nfe_per_sample": record.grad_nfe_per_sample})
+            if (out / "samples.png").exists():
+                run.log({"samples": wandb.Image(str(out / "samples.png"))})
+        finally:
+            run.finish()  # one run per job, also in a single-process multirun

@@ -18,7 +18,7 @@ class LinearReward:
         self.name = name
 
     def __call__(self, pixels: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
-        return (pixels.float() * self.direction.to(pixels.device)).flatten(1).sum(1)
+        return (pixels * self.direction.to(pixels.device, pixels.dtype)).flatten(1).sum(1)
 
     @classmethod
     def smooth(cls, shape, seed: int = 0) -> "LinearReward":

@@ -1,16 +1,14 @@
-"""CLIP-based rewards on transformers (and open_clip for HPSv2), differentiable from pixels.
+"""CLIP-based rewards on transformers, differentiable from pixels (HPSv2 is rewards/hpsv2.py).
 
-All three take pixels in [0, 1], resize them to the vision tower's resolution (bilinear, as Psi-Sampler's
+Both take pixels in [0, 1], resize them to the vision tower's resolution (bilinear, as Psi-Sampler's
 differentiable path; the official processors resize bicubic from PIL, which shifts scores slightly) and
-normalise with the processor's mean and std (ecosystem Sec. 2.1-2.3).
+normalise with the processor's mean and std.
 
 * ``LaionAesthetic``: LAION aesthetic predictor v2 (improved-aesthetic-predictor,
   ``sac+logos+ava1-l14-linearMSE``): an MLP without activations on the L2-normalised CLIP ViT-L/14 image
   embedding.
 * ``PickScore``: PickScore_v1 (a CLIP ViT-H/14), scored as the raw cosine of image and text embeddings -
   the paper's magnitudes (0.21-0.26) are cosines, not the logit-scaled score of PickScore's README.
-* ``HPSv2``: HPS v2.1 on open_clip ViT-H-14, cosine of image and text features (needs the ``hpsv2`` extra,
-  which pulls torchvision: a CUDA torch environment).
 """
 from __future__ import annotations
 
@@ -92,33 +90,4 @@ class PickScore(_CLIPReward):
         return (self.image_features(pixels) * self.text_features(prompts)).sum(-1).to(pixels.device)
 
 
-class HPSv2:
-    name = "hpsv2"
-    differentiable = True
-
-    def __init__(self, arch: str = "ViT-H-14", checkpoint: str = "xswu/HPSv2",
-                 checkpoint_file: str = "HPS_v2.1_compressed.pt", device: str = "auto", allow_download: bool = False):
-        try:
-            import open_clip
-        except ImportError:
-            raise ImportError("hpsv2 needs open_clip (`pip install -e .[hpsv2]`, which pulls torchvision: use a CUDA "
-                              "torch environment, or run it with `--env hpsv2=/path/to/python`)") from None
-        self.device = torch.device(resolve_device(device))
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
-        path = hub_file(checkpoint, checkpoint_file, "HPSv2", allow_download)
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state.get("state_dict", state))
-        self.model = model.to(self.device).eval().requires_grad_(False)
-        self.tokenizer = open_clip.get_tokenizer(arch)
-        norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
-        self.mean, self.std = norm.mean, norm.std
-        self.size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
-
-    def __call__(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        img = features(self.model.encode_image(clip_input(pixels.to(self.device), self.size, self.mean, self.std)))
-        with torch.no_grad():
-            txt = features(self.model.encode_text(self.tokenizer(list(prompts)).to(self.device)))
-        return (img * txt).sum(-1).to(pixels.device)
-
-
-__all__ = ["HPSv2", "LaionAesthetic", "MissingModel", "PickScore", "clip_input"]
+__all__ = ["LaionAesthetic", "MissingModel", "PickScore", "clip_input"]

@@ -1,18 +1,16 @@
 """Baselines: the measured NFE ledger against the paper's tables, and that every method works."""
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import make_method
 
-from baselines import build_method
-from baselines.budgets import budget_params, ledger_row, paper_rows
 from ntrk_bench.config import load_group
-from ntrk_bench.methods import Problem
+from ntrk_bench.generate import method_of
+from ntrk_bench.method import BudgetError, Problem
 from ntrk_bench.models import GaussianMixtureFlow, counted
 from ntrk_bench.sde import FlowSDE
+from ntrk_bench.tables import paper_rows
 from rewards import LinearReward
 
-PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "tables" / "paper_results.csv"  # ../shared
 IMPLEMENTED = {"base", "bon", "dps", "freedom", "svdd", "ntrk", "das", "psi", "rbf", "dno"}
 
 
@@ -23,9 +21,7 @@ def toy(shape=(1, 8, 8), seed=0):
 
 
 def all_rows():
-    if not PAPER.exists():
-        pytest.skip(f"the paper's tables are not beside the checkout ({PAPER})")
-    return paper_rows(PAPER)
+    return paper_rows()  # the paper's CSV ships with the package
 
 
 def rows():
@@ -44,17 +40,15 @@ def row_configs():
     from ntrk_bench.config import CONF_DIR
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return {p.stem: compose("config", overrides=[f"row={p.stem}", "whitening=twoos"])
+        return {p.stem: compose("config", overrides=[f"row={p.stem}", "whitening=twoos", "run_name=x"])
                 for p in sorted((CONF_DIR / "row").glob("*.yaml"))}
 
 
 def test_every_table_row_spends_its_budget_exactly():
     """Each conf/row option, built as run.py builds it, *measures* the NFE it names."""
-    from ntrk_bench.generate import method_params
-
     model, reward = toy()
     for name, cfg in row_configs().items():
-        method = build_method(cfg.method.name, **method_params(cfg))
+        method = method_of(cfg)
         cm = counted(model)
         method(Problem(FlowSDE(), cm, "", reward, cfg.steps, torch.Generator().manual_seed(0)))
         assert cm.counter.nfe == cfg.nfe, (name, cm.counter.snapshot())
@@ -62,11 +56,9 @@ def test_every_table_row_spends_its_budget_exactly():
 
 def test_every_paper_row_has_a_table_row():
     """Every (method, particles, steps, NFE) of paper_results.csv is one conf/row option's ledger row."""
-    from ntrk_bench.generate import method_params
-
     ours = {}
     for name, cfg in row_configs().items():
-        r = ledger_row(cfg.method.name, method_params(cfg), cfg.steps, cfg.nfe)
+        r = method_of(cfg).ledger_row(cfg.steps, cfg.nfe)
         ours[(r.method, r.particles, str(r.steps), r.nfe)] = ours[(r.method, r.nfe)] = name
     for row in all_rows():
         key = (row.method, row.nfe) if row.particles == 40 or row.method == "psi" and row.nfe == 1000 else \
@@ -74,14 +66,16 @@ def test_every_paper_row_has_a_table_row():
         assert key in ours, row
 
 
-def test_budgets_that_no_configuration_spends_are_refused():
-    assert budget_params("ntrk", 100, 25) == {"particles": 4} and budget_params("svdd", 500, 25) == {"candidates": 20}
-    assert budget_params("psi", 500, 25) == {"particles": 10} and budget_params("freedom", 533, 25) == {"particles": 13}
-    assert budget_params("rbf", 500, 25) == {"particles": 20, "budget": 500}
-    with pytest.raises(ValueError, match="cannot be spent exactly"):
-        budget_params("freedom", 100, 25)
-    with pytest.raises(ValueError, match="method=bon"):
-        budget_params("base", 100, 25)
+def test_each_method_spends_a_budget_by_its_own_cost_model():
+    budget = lambda name, nfe: make_method(name).with_budget(nfe, 25)  # noqa: E731
+    assert budget("ntrk", 100).particles == 4 and budget("svdd", 500).candidates == 20
+    assert budget("psi", 500).particles == 10 and budget("freedom", 533).particles == 13
+    assert (budget("rbf", 500).particles, budget("rbf", 500).budget) == (20, 500)
+    assert budget("dno", 500).iterations == 20 and budget("dno", 500).ledger_row(25, 500).particles == 1
+    with pytest.raises(BudgetError, match="cannot be spent exactly"):
+        budget("freedom", 100)
+    with pytest.raises(BudgetError, match="method=bon"):
+        budget("base", 100)
 
 
 @pytest.mark.parametrize("name,params", [("bon", {"particles": 8}), ("dps", {"scale": 10.0}),
@@ -93,7 +87,7 @@ def test_every_method_raises_the_target_reward_over_base(name, params):
     model, reward = toy((4, 32, 32), seed=1)
     base_r, meth_r = [], []
     for seed in range(6):
-        for method, out in ((build_method("base"), base_r), (build_method(name, **params), meth_r)):
+        for method, out in ((make_method("base"), base_r), (make_method(name, **params), meth_r)):
             p = Problem(FlowSDE(), counted(model), "", reward, 25, torch.Generator().manual_seed(seed))
             out.append(method(p).reward)
     assert sum(meth_r) / 6 > sum(base_r) / 6 + 0.05, (name, base_r, meth_r)
@@ -154,7 +148,7 @@ def test_smc_weighted_particles_estimate_the_closed_form_tilted_mean(kind):
             x, logw, _ = SMC(n, alpha, TwistProposal()).run(p, x, tilted_init=True)
         else:
             proposal = BaseProposal() if kind == "base_proposal" else TwistProposal()
-            x, logw, _ = SMC(n, alpha, proposal, das_tempering(100) if kind == "das" else None).run(p, p.noise(n))
+            x, logw, _ = SMC(n, alpha, proposal, das_tempering(100) if kind == "das" else None).run(p, p.initial_noise(n))
         estimates.append(float((torch.softmax(logw, 0).float() * reward(x)).sum()))
     e = torch.tensor(estimates)
     se = float(e.std() / reps ** 0.5)

@@ -55,9 +55,10 @@ def test_run_py_writes_a_record_and_skips_finished_work(tmp_path, extra):
 
 
 def test_unknown_method_is_a_clear_error(tmp_path):
-    args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", "method.name=mystery", "steps=2"]
+    args = [sys.executable, str(ROOT / "run.py"), f"out_dir={tmp_path}/r", "method._target_=mystery.Method", "steps=2"]
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 2 and "method.name='mystery': unknown method" in out.stderr
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: method._target_='mystery.Method': cannot be imported (ImportError)"]
 
 
 @pytest.mark.parametrize("method", options("method"))

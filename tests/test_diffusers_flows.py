@@ -4,12 +4,9 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers import (AutoencoderKL, AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline,  # noqa: E402
-                       WanTransformer3DModel, ZImagePipeline, ZImageTransformer2DModel)
-from tiny import byte_chars, t5_tokenizer  # noqa: E402
-from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model, UMT5Config, UMT5EncoderModel  # noqa: E402
 
 from ntrk_bench.hub import MissingModel  # noqa: E402
+from ntrk_bench.models import tiny  # noqa: E402
 from ntrk_bench.models.diffusers_flows import WanFlow, ZImageFlow  # noqa: E402
 from ntrk_bench.sde import FlowSDE  # noqa: E402
 
@@ -26,47 +23,15 @@ def ode_sample(flow, pipe_sigmas, x, prompts):
 
 @pytest.fixture(scope="module")
 def tiny_zimage(tmp_path_factory):
-    torch.manual_seed(0)
-    chars = byte_chars()
-    qv = {c: i for i, c in enumerate(chars)}
-    qv["ca"], qv["cat"] = len(qv), len(qv) + 1
-    tok = Qwen2Tokenizer(vocab=qv, merges=[("c", "a"), ("ca", "t")], unk_token=None, eos_token="<|endoftext|>",
-                         pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    te = Qwen3Model(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512))
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        block_out_channels=(16, 32), layers_per_block=1, latent_channels=16, norm_num_groups=8,
-                        sample_size=64, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
-                        use_post_quant_conv=False)
-    tr = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2,
-                                  n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True,
-                                  cap_feat_dim=32, rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4],
-                                  axes_lens=[256, 32, 32])
-    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, text_encoder=te,
-                          tokenizer=tok, transformer=tr)
     path = tmp_path_factory.mktemp("tiny_zimage")
-    pipe.save_pretrained(path)
+    tiny.zimage_pipeline().save_pretrained(path)
     return path
 
 
 @pytest.fixture(scope="module")
 def tiny_wan(tmp_path_factory):
-    torch.manual_seed(0)
-    tok = t5_tokenizer()
-    te = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                     pad_token_id=0, eos_token_id=1))
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
-    tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
-                               out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
-                               cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-    pipe = WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                       transformer=tr)
     path = tmp_path_factory.mktemp("tiny_wan")
-    pipe.save_pretrained(path)
+    tiny.wan_pipeline().save_pretrained(path)
     return path
 
 
@@ -100,7 +65,7 @@ def test_wan_wrapper_reproduces_the_pipeline_with_cfg(tiny_wan, monkeypatch):
 
 def test_missing_weights_name_the_repo(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(MissingModel, match="huggingface-cli download Tongyi-MAI/Z-Image"):
+    with pytest.raises(MissingModel, match="hf download Tongyi-MAI/Z-Image"):
         ZImageFlow.from_pretrained("Tongyi-MAI/Z-Image")
-    with pytest.raises(MissingModel, match="huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"):
+    with pytest.raises(MissingModel, match="hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"):
         WanFlow.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")

@@ -8,39 +8,15 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel  # noqa: E402
-from tiny import clip_tokenizer, t5_tokenizer  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel  # noqa: E402
 
+from ntrk_bench.models import tiny  # noqa: E402
 from ntrk_bench.models.flux import FluxFlow, MissingModel  # noqa: E402
 from ntrk_bench.sde import FlowSDE  # noqa: E402
 
 
-def _tokenizers():
-    return clip_tokenizer(), t5_tokenizer()
-
-
 @pytest.fixture(scope="module")
 def tiny_flux_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    clip_tok, t5_tok = _tokenizers()
-    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, projection_dim=32, max_position_embeddings=77,
-                                        bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id,
-                                        pad_token_id=clip_tok.pad_token_id))
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                 pad_token_id=0, eos_token_id=1))
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        block_out_channels=(16, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
-                        sample_size=64, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
-                        use_post_quant_conv=False)
-    tr = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                                num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-                                guidance_embeds=True, axes_dims_rope=(4, 6, 6))
-    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
-                                            max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=sched, vae=vae, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5,
-                        tokenizer_2=t5_tok, transformer=tr)
+    pipe = tiny.flux_pipeline()
     path = tmp_path_factory.mktemp("tiny_flux")
     pipe.save_pretrained(path)
     return path
@@ -80,7 +56,7 @@ def test_pack_unpack_round_trip_and_gradients(tiny_flux_dir):
 
 def test_missing_weights_are_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(MissingModel, match="huggingface-cli download black-forest-labs/FLUX.1-schnell"):
+    with pytest.raises(MissingModel, match="hf download black-forest-labs/FLUX.1-schnell"):
         FluxFlow.from_pretrained("black-forest-labs/FLUX.1-schnell")
     with pytest.raises(MissingModel, match="FLUX weights not found"):
         FluxFlow.from_pretrained(str(tmp_path / "nowhere"))

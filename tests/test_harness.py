@@ -55,9 +55,9 @@ def test_every_experiment_expands_to_valid_jobs_of_the_papers_setting(name):
         validate(job_cfg)
         seen_tasks.add(job_cfg.task.name)
         if job_cfg.get("nfe"):
-            from ntrk_bench.generate import method_params
+            from ntrk_bench.generate import method_of
 
-            method_params(job_cfg)  # the budget resolves
+            method_of(job_cfg)  # the budget resolves
     if name in PAPER:
         assert seen_tasks == PAPER[name][1]
     if name == "table3":
@@ -147,7 +147,7 @@ def test_an_evaluator_in_another_environment_gives_the_same_scores(small_sweep, 
     from ntrk_bench.evaluate import score_run
 
     isolated = json.loads((copy / "eval" / "mini_ink_heldout.json").read_text())["scores"]
-    local = score_run(copy, "mini_ink_heldout")["scores"]
+    local = score_run(copy, "mini_ink_heldout").scores
     assert isolated == local and len(local["mini_ink_heldout"]) == 3
 
 

@@ -8,10 +8,10 @@ from ntrk_bench.mini.exact import exact_mixture
 from ntrk_bench.mini.net import MiniLearnedFlow, MissingWeights
 from ntrk_bench.mini.probe import run_probe
 from ntrk_bench.ntrk import ntrk_rule
-from ntrk_bench.sampling import initial_noise, sample_chain
+from ntrk_bench.sampling import initial_noise, sample_model
 from ntrk_bench.sde import FlowSDE
 from ntrk_bench.whitening import Whitening
-from rewards import build_reward
+from ntrk_bench.config import build_reward
 from rewards.mini import AlignReward, InkReward
 from rewards.quality import diversity, fd_to_real
 
@@ -97,7 +97,7 @@ def test_base_sampler_is_a_good_model(tier, learned):
     model = exact_mixture() if tier == "mini_exact" else learned
     prompts = [p for p in PROMPTS for _ in range(4)]
     gen = torch.Generator().manual_seed(0)
-    x0 = sample_chain(FlowSDE(), model, model.condition(prompts), initial_noise(model, len(prompts), gen), 25, gen)
+    x0 = sample_model(FlowSDE(), model, model.condition(prompts), initial_noise(model, len(prompts), gen), 25, gen)
     pixels = model.decode(x0)
     acc = AlignReward("mini_align_heldout").accuracy(pixels, prompts).mean()
     real = data.subset("C")[0]
@@ -113,7 +113,8 @@ def test_base_sampler_is_a_good_model(tier, learned):
 
 def test_learned_tier_is_noise_compatible_only_with_typical_noise(learned):
     """Fig. 2: norm-matched structured noise degrades the learned tier; whitening it restores quality."""
-    res = run_probe(learned, load_group("whitening", "full"), where="initial", samples_per_digit=2, seed=0)
+    res = run_probe(learned, load_group("whitening", "full"), AlignReward("mini_align_heldout"), fd_to_real,
+                    where="initial", samples_per_digit=2, seed=0)
     fresh, structured, whitened = (res[k] for k in ("fresh", "structured", "whitened"))
     assert structured["log_density"] < whitened["log_density"] - 500
     assert structured["heldout_accuracy"] < whitened["heldout_accuracy"] - 0.2
@@ -132,7 +133,7 @@ def test_ntrk_raises_the_target_reward_over_base(tier, task, learned):
     scores = {}
     for gamma in (0.0, 0.3):
         gen = torch.Generator().manual_seed(1)
-        x0 = sample_chain(FlowSDE(), model, cond, initial_noise(model, 10, gen), 25, gen,
+        x0 = sample_model(FlowSDE(), model, cond, initial_noise(model, 10, gen), 25, gen,
                           value=value, noise_rule=ntrk_rule(gamma, W))
         scores[gamma] = value(x0).mean().item()
     assert scores[0.3] > scores[0.0] + 0.3, scores

@@ -7,7 +7,7 @@ import torch
 from ntrk_bench.config import load_group
 from ntrk_bench.models import GaussianMixtureFlow, counted
 from ntrk_bench.ntrk import ntrk_rule, tilted_noise
-from ntrk_bench.sampling import evaluate, initial_noise, sample_chain
+from ntrk_bench.sampling import evaluate_denoiser, initial_noise, sample_model
 from ntrk_bench.sde import FlowSDE
 from ntrk_bench.whitening import Whitening
 
@@ -28,8 +28,8 @@ def setup():
 def test_gamma_zero_is_the_base_kernel_exactly(setup):
     model, value, W = setup
     x = initial_noise(model, 4, torch.Generator().manual_seed(1))
-    base = sample_chain(FlowSDE(), model, None, x, 25, torch.Generator().manual_seed(2))
-    ntrk = sample_chain(FlowSDE(), model, None, x, 25, torch.Generator().manual_seed(2), value=value,
+    base = sample_model(FlowSDE(), model, None, x, 25, torch.Generator().manual_seed(2))
+    ntrk = sample_model(FlowSDE(), model, None, x, 25, torch.Generator().manual_seed(2), value=value,
                         noise_rule=ntrk_rule(0.0, W))
     assert torch.equal(base, ntrk)
 
@@ -40,7 +40,7 @@ def test_ntrk_keeps_the_base_mean_and_injects_typical_noise(setup):
     sde, cm = FlowSDE(), counted(model)
     x = initial_noise(cm, 8, torch.Generator().manual_seed(3))
     tau, tau_next = sde.times(25)[3], sde.times(25)[4]
-    ev = evaluate(sde, cm, x, tau, None, value)
+    ev = evaluate_denoiser(sde, cm, x, tau, None, value)
     assert cm.counter.snapshot() == {"nfe": 8, "grad_nfe": 8, "calls": 1}
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
     noise = ntrk_rule(0.3, W)(ev, eps, 3)
@@ -70,7 +70,7 @@ def test_ntrk_raises_the_reward_over_base_and_grows_with_gamma(setup):
     x = initial_noise(model, 8, torch.Generator().manual_seed(6))
     scores = {}
     for gamma in (0.0, 0.1, 0.3):
-        out = sample_chain(FlowSDE(), model, None, x, 25, torch.Generator().manual_seed(7), value=value,
+        out = sample_model(FlowSDE(), model, None, x, 25, torch.Generator().manual_seed(7), value=value,
                            noise_rule=ntrk_rule(gamma, W))
         scores[gamma] = value(out).mean().item()
     assert scores[0.0] < scores[0.1] < scores[0.3], scores
@@ -105,7 +105,7 @@ def test_mean_shift_control_moves_the_mean_by_ntrks_expected_noise(setup):
     sde = FlowSDE()
     x = initial_noise(model, 4, torch.Generator().manual_seed(8))
     tau, tau_next = sde.times(25)[5], sde.times(25)[6]
-    ev = evaluate(sde, model, x, tau, None, value)
+    ev = evaluate_denoiser(sde, model, x, tau, None, value)
     std = sde.std(tau, tau_next)
     shift = mean_shift_rule(0.3, W)(ev, std, 5)
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))

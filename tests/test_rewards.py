@@ -7,7 +7,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rewards import build_evaluator, build_reward  # noqa: E402
+from ntrk_bench.config import build_reward  # noqa: E402
+from ntrk_bench.evaluate import build_evaluator  # noqa: E402
 from tiny import clip_tokenizer  # noqa: E402
 from ntrk_bench.hub import MissingModel  # noqa: E402
 

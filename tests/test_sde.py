@@ -6,7 +6,7 @@ import torch
 
 from ntrk_bench.models import GaussianMixtureFlow, counted
 from ntrk_bench.paths import LinearSchedule, VPSchedule, model_time, score, tweedie, velocity_to_schedule
-from ntrk_bench.sampling import initial_noise, sample_chain
+from ntrk_bench.sampling import initial_noise, sample_model
 from ntrk_bench.sde import FlowSDE, time_grid
 
 
@@ -19,7 +19,7 @@ def mixture(shape=(1, 4, 4), std=0.4):
 
 
 def test_vp_schedule_matches_the_reference_table():
-    """Psi-Sampler's 25-step VP schedule (anchors Sec. 2.3 table): r, t_lin, alpha, sigma, g, g sqrt(dr)."""
+    """Psi-Sampler's 25-step VP schedule (the values Psi-Sampler's code computes): r, t_lin, alpha, sigma, g, g sqrt(dr)."""
     sde = FlowSDE()
     r = sde.times(25)
     table = {0: (1.00, 0.9935, 0.0066, 1.0000, 1.000, 0.200), 5: (0.80, 0.9617, 0.0398, 0.9992, 0.960, 0.192),
@@ -113,7 +113,7 @@ def test_base_sde_reproduces_the_mixture(schedule):
     """Component weights, means and variances of base-SDE samples match the data law within MC error."""
     m, means, std = mixture()
     n, g = 4000, torch.Generator().manual_seed(2)
-    out = sample_chain(FlowSDE(schedule=schedule), m, None, initial_noise(m, n, g), 100, g)
+    out = sample_model(FlowSDE(schedule=schedule), m, None, initial_noise(m, n, g), 100, g)
     k = m.component_posterior(out).argmax(-1)
     w = torch.tensor([0.5, 0.3, 0.2])
     z = (torch.bincount(k, minlength=3) / n - w) / (w * (1 - w) / n).sqrt()
@@ -129,17 +129,17 @@ def test_nfe_is_counted_per_sample_and_gradient():
     m, _, _ = mixture()
     cm = counted(m)
     x = initial_noise(cm, 3, torch.Generator().manual_seed(0))
-    sample_chain(FlowSDE(), cm, None, x, 7, torch.Generator().manual_seed(0))
+    sample_model(FlowSDE(), cm, None, x, 7, torch.Generator().manual_seed(0))
     assert cm.counter.snapshot() == {"nfe": 21, "grad_nfe": 0, "calls": 7}
     cm.counter.reset()
-    sample_chain(FlowSDE(), cm, None, x, 7, torch.Generator().manual_seed(0), value=lambda x0: x0.flatten(1).sum(1))
+    sample_model(FlowSDE(), cm, None, x, 7, torch.Generator().manual_seed(0), value=lambda x0: x0.flatten(1).sum(1))
     assert cm.counter.snapshot() == {"nfe": 21, "grad_nfe": 21, "calls": 7}
 
 
 def test_prompts_select_components_by_label():
     m = GaussianMixtureFlow(torch.tensor([[[[-3.0]]], [[[3.0]]]]), 0.01, labels=["cat", "dog"])
     cond = m.condition(["a photo of a dog", "a cat", "a bird"])
-    out = sample_chain(FlowSDE(), m, cond, initial_noise(m, 3, torch.Generator().manual_seed(0)), 50,
+    out = sample_model(FlowSDE(), m, cond, initial_noise(m, 3, torch.Generator().manual_seed(0)), 50,
                        torch.Generator().manual_seed(0))
     assert out[0].item() == pytest.approx(3.0, abs=0.5) and out[1].item() == pytest.approx(-3.0, abs=0.5)
     torch.testing.assert_close(cond[2].exp(), torch.tensor([0.5, 0.5]))
@@ -149,7 +149,7 @@ def test_bfloat16_latents_run_in_float32_maths():
     m, _, _ = mixture()
     g = torch.Generator().manual_seed(3)
     x = initial_noise(m, 16, g)
-    out16 = sample_chain(FlowSDE(), m, None, x.bfloat16(), 25, torch.Generator().manual_seed(4))
-    out32 = sample_chain(FlowSDE(), m, None, x, 25, torch.Generator().manual_seed(4))
+    out16 = sample_model(FlowSDE(), m, None, x.bfloat16(), 25, torch.Generator().manual_seed(4))
+    out32 = sample_model(FlowSDE(), m, None, x, 25, torch.Generator().manual_seed(4))
     assert out16.dtype == torch.bfloat16
     assert (out16.float() - out32).abs().max() < 0.1

@@ -41,7 +41,7 @@ def encode(img: torch.Tensor) -> torch.Tensor:
 
 def decode(z: torch.Tensor) -> torch.Tensor:
     """Latents -> pixels in [0, 1]; differentiable inside the range, clamped like a VAE's postprocess."""
-    return (F.pixel_shuffle(z.float(), 2) * 0.5 + 0.5).clamp(0, 1)
+    return (F.pixel_shuffle(z, 2) * 0.5 + 0.5).clamp(0, 1)
 
 
 @lru_cache(maxsize=1)

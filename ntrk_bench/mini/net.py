@@ -81,7 +81,7 @@ class MiniLearnedFlow:
 
     latent_shape = data.LATENT
 
-    def __init__(self, weights: str | Path | None = None, device: str = "cpu"):
+    def __init__(self, weights: str | Path | None = None, device: str = "cpu", dtype: str = "float32"):
         path = Path(weights) if weights else WEIGHTS / "mini_flow.safetensors"
         if not path.exists():
             raise MissingWeights(f"mini flow weights not found at {path}; train them with `make mini-train` "
@@ -93,6 +93,7 @@ class MiniLearnedFlow:
         self.net.load_state_dict(load_file(str(path), device=str(device)))
         self.net.eval().requires_grad_(False)
         self.meta = meta
+        self.device, self.dtype = torch.device(device), getattr(torch, dtype)  # the sampler state's (weights: fp32)
 
     def condition(self, prompts: Sequence[str] | None) -> torch.Tensor:
         labels = [data.label_of(p) for p in (prompts or [""])]
@@ -101,7 +102,7 @@ class MiniLearnedFlow:
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
         y = cond.to(x.device).expand(x.shape[0]) if cond.numel() == 1 else cond.to(x.device)
-        return self.net(x.float(), t, y)
+        return self.net(x.float(), t, y).to(x.dtype)
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return data.decode(x0)

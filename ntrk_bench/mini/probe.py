@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..fields import smooth_field
-from ..sampling import initial_noise, sample_chain
+from ..sampling import initial_noise, sample_model
 from ..sde import FlowSDE
 from ..whitening import Whitening
 from . import data
@@ -22,12 +22,11 @@ def structured_noise(n: int, shape, seed: int, cells: int = 6) -> torch.Tensor:
     return smooth_field((n, *shape), seed=seed, cells=cells)
 
 
-def run_probe(model, whiten_cfg, where: str = "initial", samples_per_digit: int = 4, steps: int = 25, seed: int = 0,
-              sde: FlowSDE | None = None) -> dict[str, dict]:
-    """Samples and metrics for each kind of noise. Returns {kind: {"pixels", "x0", metrics...}}."""
-    from rewards.mini import AlignReward
-    from rewards.quality import fd_to_real
-
+def run_probe(model, whiten_cfg, held_out, fd_to_real, where: str = "initial", samples_per_digit: int = 4,
+              steps: int = 25, seed: int = 0, sde: FlowSDE | None = None) -> dict[str, dict]:
+    """Samples and metrics for each kind of noise. Returns {kind: {"pixels", "x0", metrics...}}. ``held_out``:
+    a digit classifier with ``accuracy(pixels, prompts)``; ``fd_to_real(pixels)``: Frechet distance to real
+    digits (the mini suite's held-out evaluators, passed in)."""
     from .exact import exact_mixture
 
     sde = sde or FlowSDE()
@@ -35,7 +34,6 @@ def run_probe(model, whiten_cfg, where: str = "initial", samples_per_digit: int 
     prompts = [data.prompt_for(d) for d in range(10) for _ in range(samples_per_digit)]
     n, shape = len(prompts), model.latent_shape
     cond = model.condition(prompts)
-    held_out = AlignReward("mini_align_heldout")
     out = {}
     for kind in KINDS:
         gen = torch.Generator().manual_seed(seed)
@@ -49,7 +47,7 @@ def run_probe(model, whiten_cfg, where: str = "initial", samples_per_digit: int 
                 def rule(ev, eps, k, kind=kind):
                     s = structured_noise(n, shape, seed + 100 + k)
                     return W(s) if kind == "whitened" else s
-        x0 = sample_chain(sde, model, cond, x, steps, gen, noise_rule=rule)
+        x0 = sample_model(sde, model, cond, x, steps, gen, noise_rule=rule)
         with torch.no_grad():
             pixels = model.decode(x0)
             out[kind] = {"pixels": pixels, "log_density": exact_mixture().log_prob(x0).mean().item(),

@@ -21,6 +21,9 @@ from ..fields import smooth_field
 
 
 class GaussianMixtureFlow:
+    device = torch.device("cpu")  # the sampler state's device and dtype (closed forms run in float64)
+    dtype = torch.float32
+
     def __init__(self, means: torch.Tensor, variances: torch.Tensor | float, weights: torch.Tensor | None = None,
                  labels: Sequence[str] | None = None, decoder: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.means = means.float()  # (K, *latent_shape)
@@ -87,12 +90,12 @@ class GaussianMixtureFlow:
     def posterior_mean(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         """E[x0 | x_t] in closed form."""
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        return self._posterior(x, t, cond)[1].reshape(x.shape).to(torch.float32)
+        return self._posterior(x, t, cond)[1].reshape(x.shape).to(x.dtype)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         x0 = self.posterior_mean(x, t, cond)
-        return (x.float() - x0) / t.reshape(-1, *([1] * (x.dim() - 1)))
+        return (x - x0) / t.reshape(-1, *([1] * (x.dim() - 1)))
 
     def log_prob(self, x: torch.Tensor, t: torch.Tensor | float = 0.0, cond=None) -> torch.Tensor:
         """Exact log density of the marginal p_t at x (t = 0 is the data law)."""

@@ -18,15 +18,21 @@ import torch
 class FlowModel(Protocol):
     #: Shape of one latent, without batch dims, in the unpacked layout the whitening operator sees.
     latent_shape: tuple[int, ...]
+    #: Where the model lives: every state, draw and gradient of a sampler is put on this device ...
+    device: torch.device
+    #: ... in this dtype (the sampler state's: float32 for the real models, whose weights may be bf16).
+    dtype: torch.dtype
 
     def condition(self, prompts: Sequence[str]) -> Any:
         """Encode prompts once; the result is passed back to :meth:`velocity` and :meth:`decode`."""
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        """Linear-interpolant velocity v = eps - x0 at x (B, *latent_shape) and times t (B,) in [0, 1]."""
+        """Linear-interpolant velocity v = eps - x0 at x (B, *latent_shape) and times t (B,) in [0, 1], both on
+        ``device`` in ``dtype``; returned in ``dtype``."""
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        """Differentiable map from a clean latent to pixels in [0, 1] (images (B, 3, H, W))."""
+        """Differentiable map from a clean latent to pixels in [0, 1] (images (B, 3, H, W), videos
+        (B, 3, F, H, W)), in ``dtype``."""
 
 
 @dataclass

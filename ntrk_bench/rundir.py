@@ -1,0 +1,179 @@
+"""The run directory: its layout and its records, written, found and read here and nowhere else.
+
+    <run>/record.json                      RunRecord: the run summary (written when every item is done)
+    <run>/samples.png                      grid of the items' images
+    <run>/items/<index>_s<seed>/           one item (prompt, seed):
+        latent.pt, image.png | video.mp4   the method's answer
+        record.json                        ItemRecord (written atomically, last: it marks the item done)
+    <run>/eval/<evaluator>.json            EvalRecord: held-out scores
+
+Records are typed dataclasses stored as JSON; the generation, evaluation, tables and report stages use only
+this module to touch them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .io import write_json_atomic
+
+RECORD = "record.json"
+ITEMS = "items"
+EVAL = "eval"
+GRID = "samples.png"
+LATENT = "latent.pt"
+
+
+@dataclass
+class ItemRecord:
+    index: int
+    prompt: str
+    seed: int
+    method: str  # the conf/method option
+    output: str  # file name of the image or video
+    target: str
+    target_score: float
+    method_value: float  # what the method reported for its answer (its own target evaluation)
+    nfe: int  # measured denoiser evaluations per sample
+    grad_nfe: int  # ... of them differentiated
+    wall_s: float
+    config_hash: str
+    method_config: dict
+
+
+@dataclass
+class RunRecord:
+    method: str  # the conf/method option
+    display_name: str  # the method's name in tables ("NTRK†", "BoN", ...)
+    whitening: Optional[str]  # the whitening configuration the method applied (None: none)
+    model: str
+    family: str
+    task: str
+    experiment: str
+    seed: int
+    steps: int
+    ledger: dict  # the paper-ledger row: method, augment, particles, steps, nfe
+    prompts: list
+    items: list  # item directory names
+    target: str
+    scores: dict  # metric -> mean over items
+    per_sample: dict  # metric -> [per item]
+    nfe_per_sample: int
+    grad_nfe_per_sample: int
+    wall_s: float
+    config_hash: str
+    config: dict = field(default_factory=dict)  # the resolved Hydra configuration
+    target_conventions: dict = field(default_factory=dict)  # the target reward's conventions (preprocessing, ...)
+
+
+@dataclass
+class EvalRecord:
+    evaluator: str
+    config_hash: str
+    scores: dict  # metric -> [per item] or a scalar
+
+
+def _read(cls, path: Path):
+    data = json.loads(Path(path).read_text())
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _write(path: Path, record) -> None:
+    write_json_atomic(path, dataclasses.asdict(record))
+
+
+class RunDir:
+    """Paths and records of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def summary_path(self) -> Path:
+        return self.path / RECORD
+
+    @property
+    def grid_path(self) -> Path:
+        return self.path / GRID
+
+    def item_dir(self, name: str) -> Path:
+        return self.path / ITEMS / name
+
+    def item_record_path(self, name: str) -> Path:
+        return self.item_dir(name) / RECORD
+
+    def latent_path(self, name: str) -> Path:
+        return self.item_dir(name) / LATENT
+
+    def eval_path(self, evaluator: str) -> Path:
+        return self.path / EVAL / f"{evaluator}.json"
+
+    # ------------------------------------------------------------------ records
+    def finished(self) -> bool:
+        return self.summary_path.exists()
+
+    def item_done(self, name: str) -> bool:
+        return self.item_record_path(name).exists()
+
+    def read_summary(self) -> RunRecord:
+        return _read(RunRecord, self.summary_path)
+
+    def write_summary(self, record: RunRecord) -> None:
+        _write(self.summary_path, record)
+
+    def read_item(self, name: str) -> ItemRecord:
+        return _read(ItemRecord, self.item_record_path(name))
+
+    def write_item(self, name: str, record: ItemRecord) -> None:
+        _write(self.item_record_path(name), record)
+
+    def items(self) -> list[tuple[str, ItemRecord]]:
+        """(name, record) of every item the summary lists, in order."""
+        return [(name, self.read_item(name)) for name in self.read_summary().items]
+
+    def outputs(self) -> list[Path]:
+        return [self.item_dir(name) / it.output for name, it in self.items()]
+
+    def latents(self) -> list[Path]:
+        return [self.latent_path(name) for name in self.read_summary().items]
+
+    def has_eval(self, evaluator: str) -> bool:
+        return self.eval_path(evaluator).exists()
+
+    def read_eval(self, evaluator: str) -> EvalRecord:
+        return _read(EvalRecord, self.eval_path(evaluator))
+
+    def write_eval(self, record: EvalRecord) -> None:
+        _write(self.eval_path(record.evaluator), record)
+
+    def evals(self) -> list[EvalRecord]:
+        return [_read(EvalRecord, p) for p in sorted((self.path / EVAL).glob("*.json"))]
+
+    def held_out(self) -> list[str]:
+        """The evaluators the run's task holds out."""
+        return list(self.read_summary().config.get("task", {}).get("held_out", []))
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+
+def is_summary(path: Path) -> bool:
+    """A run's summary record (not an item's)."""
+    return path.name == RECORD and path.parent.name != ITEMS and path.parent.parent.name != ITEMS
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[RunDir]:
+    """Finished run directories at or under the given paths, sorted."""
+    runs = set()
+    for path in map(Path, paths):
+        candidates = [path / RECORD] if (path / RECORD).exists() else path.rglob(RECORD)
+        runs.update(p.parent for p in candidates if is_summary(p))
+    return [RunDir(r) for r in sorted(runs) if "ledger" in json.loads((r / RECORD).read_text())]
+
+
+__all__ = ["EvalRecord", "ItemRecord", "RunDir", "RunRecord", "find_runs", "is_summary"]
