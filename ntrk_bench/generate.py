@@ -195,7 +195,7 @@ def summarise(cfg: DictConfig, prompts: list[str], run: RunDir, names: list[str]
     print(f"{cfg.method.name} on {cfg.model.name}/{cfg.task.name}: target {cfg.task.target} "
           f"{record.scores[cfg.task.target]:.3f} | NFE {record.nfe_per_sample} per sample "
           f"({record.grad_nfe_per_sample} with gradients), {record.wall_s:.1f} s\n"
-          f"images: {run.grid_path}  record: {run.summary_path}")
+          + (f"images: {run.grid_path}  " if run.grid_path.exists() else "") + f"record: {run.summary_path}")
     return record
 
 

@@ -26,8 +26,12 @@ def missing(what: str, model_id: str, err: Exception, filename: str | None = Non
 def from_pretrained(cls, model_id: str, what: str, allow_download: bool = False, **kwargs):
     """``cls.from_pretrained`` from local files only, unless ``allow_download`` (compute nodes are usually
     offline, and a run should fail at once rather than wait on the hub)."""
+    import warnings
+
     try:
-        return cls.from_pretrained(model_id, local_files_only=not allow_download, **kwargs)
+        with warnings.catch_warnings():  # diffusers passes hf_hub_download a deprecated argument on every load
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+            return cls.from_pretrained(model_id, local_files_only=not allow_download, **kwargs)
     except (OSError, ValueError) as err:  # missing files, no network, gated repo
         raise missing(what, model_id, err) from None
 

@@ -15,7 +15,7 @@ crop. ``hps_input`` is that transform on [0, 1] tensors and reproduces the packa
 
 Tokenizer: open_clip's ``SimpleTokenizer`` is the OpenAI CLIP BPE (``bpe_simple_vocab_16e6``); transformers'
 ``CLIPTokenizer`` with the same vocabulary, e.g. from ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (the HPS
-base model; to have it offline: ``huggingface-cli download laion/CLIP-ViT-H-14-laion2B-s32B-b79K --include
+base model; to have it offline: ``hf download laion/CLIP-ViT-H-14-laion2B-s32B-b79K --include
 "*.json" "*.txt"``, a few MB without the weights), gives the same ids when padding with
 ``<|endoftext|>``: open_clip pads with id 0 (the token "!"), which never changes the features because the
 text mask is causal and pooling reads the first end-of-text token.

@@ -88,7 +88,7 @@ def test_paper_task_composes_flux_and_exits_at_once_without_weights(tmp_path):
                           f"out_dir={tmp_path}/r"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
     assert out.returncode == 2, out.stderr
-    assert "huggingface-cli download black-forest-labs/FLUX.1-schnell" in out.stderr
+    assert "hf download black-forest-labs/FLUX.1-schnell" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 

@@ -73,7 +73,7 @@ def test_pickscore_is_the_cosine_of_image_and_prompt_features(tiny_clip):
 
 
 def test_missing_reward_weights_are_one_line_naming_what_to_fetch(tmp_path):
-    with pytest.raises(MissingModel, match="huggingface-cli download openai/clip-vit-large-patch14"):
+    with pytest.raises(MissingModel, match="hf download openai/clip-vit-large-patch14"):
         build_reward("laion_aesthetic", device="cpu")
     with pytest.raises(KeyError, match="unknown reward 'mystery'"):
         build_reward("mystery")
