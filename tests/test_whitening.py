@@ -9,7 +9,9 @@ from scipy import stats
 from ntrk_bench import diagnostics as D
 from ntrk_bench.config import load_group
 from ntrk_bench.whitening import Whitening, make_domain, project_2os, project_block_norms, project_norm, project_tile_stats, two_level_bounds
-from ntrk_bench.whitening.project import groups
+from ntrk_bench.whitening.census import OpCensus
+from ntrk_bench.whitening.domains import butterfly, hadamard_along, hadamard_factors
+from ntrk_bench.whitening.project import PACKED_SORT_MIN, groups, sort_clip_unsort, ungroup
 
 FLUX = (16, 64, 64)
 LEVEL = 0.999
@@ -106,6 +108,33 @@ def test_2os_output_lies_in_its_confidence_set(inputs):
     assert not _in_2os_set(z, 2, LEVEL) and _in_2os_set(project_2os(z, 2, LEVEL), 2, LEVEL, tol=1e-5)
 
 
+def _two_sorts(g, lo, hi):
+    """The definition of one 2OS pass (eq. 85): sort rows, sort columns, clip, scatter both sorts back."""
+    s1, i1 = g.sort(-1)
+    s2, i2 = s1.sort(-2)
+    t = torch.minimum(torch.maximum(s2, lo), hi)
+    return torch.empty_like(s1).scatter_(-1, i1, torch.empty_like(t).scatter_(-2, i2, t))
+
+
+@pytest.mark.parametrize("m,c", [(64, 4), (256, 16), (8192, 4), (2048, 16)])
+def test_batched_sort_clip_unsort_is_the_two_sort_definition(m, c):
+    """Row-sort path (small) and packed-key path (large, one sort for every column of every matrix):
+    bit-identical to the definition on tie-free input; with ties, the same values (tied entries may swap)."""
+    gen = torch.Generator().manual_seed(m + c)
+    g = torch.linspace(-4.5, 4.5, 3 * m * c)[torch.randperm(3 * m * c, generator=gen)].view(3, m, c)  # no ties
+    assert (m * c >= PACKED_SORT_MIN) == (m >= 2048)
+    lo, hi = (torch.as_tensor(b, dtype=torch.float32) for b in two_level_bounds(m, c, 0.9))
+    assert torch.equal(sort_clip_unsort(g, lo, hi), _two_sorts(g, lo, hi))
+    tied = (g * 4).round() / 4
+    out, ref = sort_clip_unsort(tied, lo, hi), _two_sorts(tied, lo, hi)
+    assert torch.equal(out.flatten(1).sort().values, ref.flatten(1).sort().values)
+    # stacked matrices with their own bounds, as the tile statistics are projected
+    lo2, hi2 = (torch.as_tensor(b, dtype=torch.float32) for b in two_level_bounds(m, c, 0.9, ("chi2", 3)))
+    pair = torch.stack([g[:2], g[:2] * 2 + 10])
+    both = sort_clip_unsort(pair, torch.stack([lo, lo2])[:, None], torch.stack([hi, hi2])[:, None])
+    assert torch.equal(both[0], _two_sorts(pair[0], lo, hi)) and torch.equal(both[1], _two_sorts(pair[1], lo2, hi2))
+
+
 def test_tile_projection_matches_target_statistics(inputs):
     x = inputs["ramp"][None]
     y = project_tile_stats(x, 8, LEVEL)
@@ -151,6 +180,21 @@ def test_full_butterfly_mixing_is_the_walsh_hadamard_transform():
     H = hadamard(n) / math.sqrt(n)
     rows = {tuple(np.round(r * math.sqrt(n)).astype(int)) for r in Q.T.numpy()}
     assert rows == {tuple(np.round(r * math.sqrt(n)).astype(int)) for r in H}
+
+
+@pytest.mark.parametrize("shape,tile", [((4, 16, 16), 0), ((2, 8, 32), 0), ((3, 16, 16), 8), ((3, 8, 16), (4, 8))])
+def test_hadamard_matrix_products_are_the_butterfly_stages(shape, tile):
+    """log2(n) butterfly stages = Sylvester-ordered H_n: the matrix-product form keeps the coefficient order
+    (which coefficients share a 2OS chunk), not only the set of basis vectors."""
+    x = torch.randn(2, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    if tile == 0:
+        v = x.flatten(1)
+        want = butterfly(v, int(math.log2(v.shape[-1]))).reshape(x.shape)
+        torch.testing.assert_close(hadamard_along(v, hadamard_factors(v.shape[-1], max_bits=3)).reshape(x.shape), want)
+    else:
+        n = math.prod((tile, tile) if isinstance(tile, int) else tile)
+        want = ungroup(butterfly(groups(x, tile), int(math.log2(n))), tile, x.shape)
+    torch.testing.assert_close(make_domain("hadamard", tile).forward(x), want, atol=1e-12, rtol=0)
 
 
 def test_compact_fourier_matches_the_orthonormal_dft():
@@ -222,8 +266,35 @@ def test_batch_dims_dtypes_and_scale(W):
     torch.testing.assert_close(out[0, 1], W(z[0, 1][None])[0])
     torch.testing.assert_close(W(2.0 ** -20 * z), out)  # explicit RMS normalisation: scale-free
     bf = W(z.bfloat16())
-    assert bf.dtype == torch.bfloat16
-    assert cos(bf[1, 2].float(), out[1, 2]) > 0.999
+    assert bf.dtype == torch.float32 and out.dtype == torch.float32  # computes and returns float32
+    assert cos(bf[1, 2], out[1, 2]) > 0.999
+
+
+def test_census_sees_host_syncs():
+    x = torch.ones(3)
+    with OpCensus() as census:
+        x.sum().item()
+        bool((x > 0).all())
+        x.nonzero()
+    assert census.n_syncs == 3, dict(census.syncs)
+
+
+@pytest.mark.parametrize("name,shape", [("full", FLUX), ("full_wan", (2, 1, 60, 104))])
+def test_no_host_sync_and_no_value_dependent_branch(name, shape):
+    """The default path reads nothing back to the host: no sync op in a dispatch census, and it runs on
+    meta tensors, which carry no values (``.item()``, ``bool(t)``, ``.tolist()`` or ``nonzero`` raise there, as
+    does a CPU tensor mixed into the computation). The kernel count (ops that launch work) is the budget
+    of one FLUX call."""
+    W = Whitening(load_group("whitening", name), shape)
+    x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(13))
+    W(x)  # the first call also builds the device's tables
+    with OpCensus() as census:
+        W(x)
+    assert census.n_syncs == 0, dict(census.syncs)
+    if shape == FLUX:
+        assert census.kernels <= 1600, census.kernels
+    out = W(torch.empty(2, *shape, device="meta", dtype=torch.bfloat16))
+    assert out.device.type == "meta" and out.dtype == torch.float32 and out.shape == (2, *shape)
 
 
 def test_comparators():

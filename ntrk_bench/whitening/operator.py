@@ -12,8 +12,13 @@ W maps an arbitrary latent-shaped tensor (e.g. a reward gradient) to a typical-l
 
 Shapes: the last ``len(event_shape)`` dims of the input form one sample; any leading dims are batch. An
 event (C, ..., H, W) is viewed as a (C', H, W) field with C' the product of the non-spatial event dims.
-Maths runs in float32 whatever the input dtype (bf16 in, bf16 out). Confidence bounds for every
-statistic the configuration uses are computed at construction (App. B.6) and cached per device.
+
+Device and dtype: W runs on the input's device and computes and returns float32 whatever the input dtype.
+Confidence bounds for every statistic the configuration uses are computed at construction (App. B.6, in
+float64 NumPy); their float32 tensors, the sort-key offsets and the transform matrices are made on a
+device the first time W sees it (or by ``precompute(device)``) and cached. A call is a fixed sequence of
+tensor operations - nothing is read back to the host and no branch depends on the values - so it runs
+unchanged under ``torch.compile`` and CUDA graphs.
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .bounds import bounds_tensor
+from .bounds import two_level_bounds
 from .domains import make_domain
-from .project import groups, patch_dims, project_2os, project_block_norms, project_norm, project_tile_stats
+from .project import (patch_dims, project_2os, project_block_norms, project_norm, project_tile_stats, stat_chunk_side,
+                      tiles)
 
 
 @dataclass
@@ -63,35 +69,42 @@ def field_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
 class Whitening:
     """The whitening operator for one latent shape. Call it on (*batch, *event_shape) tensors."""
 
-    def __init__(self, cfg: WhiteningConfig | dict, event_shape: Sequence[int], device: str | torch.device = "cpu"):
+    def __init__(self, cfg: WhiteningConfig | dict, event_shape: Sequence[int], device: str | torch.device | None = None):
         self.cfg = _as_config(cfg)
         if self.cfg.input_norm not in ("rms", "none"):
             raise ValueError(f"whitening.input_norm must be 'rms' or 'none', got {self.cfg.input_norm!r}")
         self.event_shape = tuple(event_shape)
         self.field = field_shape(self.event_shape)
         self.blocks = [(b, make_domain(b.domain, b.tile, b.mix)) for b in self.cfg.blocks]
-        self._cache: dict = {}
-        self.precompute(device)
+        self._cache: dict = {}  # per-device tensors: bounds, sort-key offsets, statistic scales
+        self._check_and_compute_bounds()
+        if device is not None:
+            self.precompute(device)
 
     # ------------------------------------------------------------------ bounds
-    def precompute(self, device: str | torch.device = "cpu") -> None:
-        """Compute and cache every confidence bound this configuration needs on ``device``."""
+    def _check_and_compute_bounds(self) -> None:
+        """Validate every patch side against the field and compute every confidence bound (float64, cached)."""
         c, h, w = self.field
-        probe = torch.empty(1, c, h, w, device="meta")
         for block, _ in self.blocks:
+            if block.domain == "hadamard" and block.tile:
+                tiles(torch.empty(1, c, h, w, device="meta"), block.tile)
             for k in block.chunks:
-                g = groups(probe, k)
-                bounds_tensor(g.shape[-2], g.shape[-1], self.cfg.level, ("normal",), device, self._cache)
-            for k in block.tiles:
-                g = groups(probe, k)
                 kh, kw = patch_dims(k)
-                fh, fw = h // kh, w // kw
-                kc = self.cfg.stat_chunk if (fh % self.cfg.stat_chunk == 0 and fw % self.cfg.stat_chunk == 0) else 1
-                m = g.shape[-2] // (kc * kc)
+                tiles(torch.empty(1, c, h, w, device="meta"), k)
+                two_level_bounds(c * (h // kh) * (w // kw), kh * kw, self.cfg.level, ("normal",))
+            for k in block.tiles:
+                kh, kw = patch_dims(k)
+                tiles(torch.empty(1, c, h, w, device="meta"), k)
+                kc = stat_chunk_side((h // kh, w // kw), self.cfg.stat_chunk)
+                m = c * (h // kh // kc) * (w // kw // kc)
                 for ref in (("normal",), ("chi2", kh * kw - 1)):
-                    bounds_tensor(m, kc * kc, self.cfg.level, ref, device, self._cache)
+                    two_level_bounds(m, kc * kc, self.cfg.level, ref)
             for k in block.block_norms:
-                groups(probe, k)  # validates divisibility
+                tiles(torch.empty(1, c, h, w, device="meta"), k)
+
+    def precompute(self, device: str | torch.device = "cpu", batch: int = 1) -> None:
+        """Make every device-side table this configuration needs on ``device`` now (else on first call)."""
+        self(torch.zeros(batch, *self.event_shape, device=device))
 
     # ------------------------------------------------------------------ apply
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,20 +115,20 @@ class Whitening:
         y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
         if self.cfg.input_norm == "rms":
             y = project_norm(y)
-        level, cache = self.cfg.level, self._cache
+        level, cache, passes = self.cfg.level, self._cache, self.cfg.passes
         for block, domain in self.blocks * self.cfg.cycles:
             q = domain.forward(y)
             for _ in range(block.repeats):
                 for k in block.chunks:
-                    q = project_2os(q, k, level, ("normal",), cache, self.cfg.passes)
+                    q = project_2os(q, k, level, ("normal",), cache, passes)
                 for k in block.tiles:
-                    q = project_tile_stats(q, k, level, self.cfg.stat_chunk, cache, self.cfg.passes)
+                    q = project_tile_stats(q, k, level, self.cfg.stat_chunk, cache, passes)
                 for k in block.block_norms:
                     q = project_block_norms(q, k)
             y = domain.inverse(q)
         if self.cfg.norm_projection:
             y = project_norm(y)
-        return y.reshape(x.shape).to(x.dtype)
+        return y.reshape(x.shape)
 
 
 def _as_config(cfg) -> WhiteningConfig:
