@@ -23,9 +23,11 @@ from .rundir import find_runs
 #: same quantity: pickscore and hpsv2 raw cosines, imagereward normalised, vqascore P("Yes"), countgd_mae,
 #: videoreward Overall. Not mapped: t2icount, our target, is -sum smooth-L1 (a reward), the paper's t2icount_loss
 #: the loss itself (+sum), so the two are not compared.
-METRIC_NAMES = {"laion_aesthetic": "aesthetic", "countgd_accuracy": "countgd_acc", **{
+METRIC_NAMES = {"laion_aesthetic": "aesthetic", "countgd_accuracy": "countgd_acc", "t2icount": "t2icount_loss", **{
     f"vbench_{d}": d for d in ("subject_consistency", "background_consistency", "motion_smoothness",
                                "dynamic_degree", "aesthetic_quality", "imaging_quality")}}
+#: metrics whose sign the paper flips: our T2I-Count target is the reward -sum smooth-L1; the paper reports the loss
+METRIC_SIGNS = {"t2icount": -1.0}
 #: our model family -> the paper's model column
 FAMILIES = {"flux": "flux", "zimage": "zimage", "wan": "wan2.1"}
 #: our whitening options -> the paper's ablation labels (Figs. 13, 14)
@@ -57,11 +59,11 @@ def collect(root: Path) -> pd.DataFrame:
         for ev in run.evals():
             metrics |= ev.scores
         for metric, values in metrics.items():
-            name = METRIC_NAMES.get(metric, metric)
+            name, sign = METRIC_NAMES.get(metric, metric), METRIC_SIGNS.get(metric, 1.0)
             if isinstance(values, list):
-                rows += [base | {"sample": i, "metric": name, "value": v} for i, v in enumerate(values)]
+                rows += [base | {"sample": i, "metric": name, "value": sign * v} for i, v in enumerate(values)]
             else:
-                rows.append(base | {"sample": -1, "metric": name, "value": values})
+                rows.append(base | {"sample": -1, "metric": name, "value": sign * values})
     return pd.DataFrame(rows)
 
 

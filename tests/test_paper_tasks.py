@@ -7,23 +7,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import save_tiny_qwen25_vl
+from test_harness import composed
+from test_harness import sweep as sweep_jobs
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ntrk_bench.config import CONF_DIR, build_reward, load_group
+from ntrk_bench.config import build_reward, load_group
 from rewards.remote import PromptRecords
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "data" / "golden"
 VA = GOLDEN / "va"  # tiny VideoReward checkpoint (README there)
-QWEN25_PROC = GOLDEN / "qwen25_proc"  # tiny Qwen2.5-VL tokenizer and processor config (README there)
 STEPS, FRAMES = 2, 5
 SMALL = ["method=ntrk", "whitening=twoos", "model.device=cpu", "model.dtype=float32", f"steps={STEPS}",
          "progress=false"]  # twoos: the full operators' tiles need paper-sized latents
@@ -46,32 +46,6 @@ def finish(procs: dict, timeout: float = 600) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- tiny models
-def save_tiny_qwen25_vl(path: Path) -> None:
-    """A tiny random Qwen2.5-VL with the fixture's tokenizer and processor config, as a hub snapshot (as
-    tests/test_vlm_yes.py builds it)."""
-    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    path.mkdir(parents=True)
-    for f in QWEN25_PROC.iterdir():
-        if f.name != "README.md":
-            shutil.copy(f, path / f.name)
-    tok = AutoTokenizer.from_pretrained(QWEN25_PROC)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                     "<|vision_end|>")}
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         rope_parameters={"rope_type": "default", "rope_theta": 100.0, "mrope_section": [2, 1, 1]}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1], tokens_per_second=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(0)
-    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(path)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     from ntrk_bench.models import tiny
@@ -229,19 +203,6 @@ def test_missing_target_weights_are_one_line_missing_model(reward, args, names, 
 
 
 # ----------------------------------------------------------------------------------------------- the tables
-def composed(*overrides, hydra=False):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
-
-
-def sweep_jobs(cfg) -> list[list[str]]:
-    """The jobs `python run.py -m experiment=X` runs: the Cartesian product of its sweeper's params."""
-    import itertools
-
-    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
-    return [[f"{k}={v}" for k, v in zip(params, combo)] for combo in itertools.product(*params.values())]
-
-
 @pytest.mark.parametrize("experiment, target, target_class, rows", [
     ("table3", "videoreward", "rewards.videoreward.VideoReward", ["base_25", "dps_25", "freedom_25", "ntrk_25"]),
     ("table11", "t2icount", "rewards.remote.RemoteReward",

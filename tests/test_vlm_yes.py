@@ -7,14 +7,13 @@ of the fixture's placeholder (see the README there)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_tiny_qwen25_vl
 import torch
 
-PROC_DIR = Path(__file__).parent / "data" / "golden" / "qwen25_proc"
 QUESTIONS = {"a red ball in front of a blue box": "Is the red ball closer to the camera than the blue box?",
              "a tree": "Is there a tree?"}
 DUAL_PROCESS_PREFIX = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -24,32 +23,7 @@ DUAL_PROCESS_PREFIX = ("<|im_start|>system\nYou are a helpful assistant.<|im_end
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny random Qwen2.5-VL saved with the fixture's tokenizer and processor config, as a hub snapshot."""
-    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    d = tmp_path_factory.mktemp("tiny_qwen25vl")
-    for f in PROC_DIR.iterdir():
-        if f.name != "README.md":
-            shutil.copy(f, d / f.name)
-    tok = AutoTokenizer.from_pretrained(PROC_DIR)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                     "<|vision_end|>")}
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         rope_parameters={"rope_type": "default", "rope_theta": 100.0, "mrope_section": [2, 1, 1]}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1], tokens_per_second=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    with torch.no_grad():  # random weights well away from the initialiser's near-zero scale, so positions matter
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    model.save_pretrained(d)
-    return d
+    return save_tiny_qwen25_vl(tmp_path_factory.mktemp("tiny_qwen25vl"), weight_std=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -167,11 +167,41 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def hadamard_depth(n: int, repeats: int | None = None) -> int:
+    """Butterfly stages over n entries: ``repeats``, or log2 n (a complete Walsh-Hadamard mixing) when None."""
+    return max(1, math.ceil(math.log2(n))) if repeats is None else repeats
+
+
+def butterfly_domain(tile=0, repeats: int | None = None) -> Domain:
+    """``repeats`` butterfly stages (Prop. B.6) over the whole flattened field (``tile=0``) or within every
+    k x k patch of a channel, as explicit stages."""
+    def depth(n: int) -> int:
+        return hadamard_depth(n, repeats)
+
+    if tile == 0:
+        def fwd(x):
+            v = x.flatten(1)
+            return butterfly(v, depth(v.shape[-1])).reshape(x.shape)
+
+        def inv(y):
+            v = y.flatten(1)
+            return unbutterfly(v, depth(v.shape[-1])).reshape(y.shape)
+    else:
+        n = math.prod(patch_dims(tile))
+
+        def fwd(x):
+            return ungroup(butterfly(groups(x, tile), depth(n)), tile, x.shape)
+
+        def inv(y):
+            return ungroup(unbutterfly(groups(y, tile), depth(n)), tile, y.shape)
+    return Domain(f"hadamard[{tile or 'full'}]", fwd, inv)
+
+
 def make_domain(name: str, tile=0, repeats: int | None = None) -> Domain:
     """Build a domain by name.
 
     * ``spatial``: the latent's own coordinates.
-    * ``fourier``: separable 2-D compact real Fourier transform (H and W even), as matrix products.
+    * ``fourier``: separable 2-D compact real Fourier transform (H and W even).
     * ``hadamard``: ``repeats`` butterfly stages over the whole flattened field (``tile=0``, "full latent
       resolution") or within every k x k patch of a channel (``tile=k``, "tiled mixing"). ``repeats=None``
       means log2 of the mixed length, i.e. a complete Walsh-Hadamard mixing; on a power-of-two length it
@@ -183,38 +213,32 @@ def make_domain(name: str, tile=0, repeats: int | None = None) -> Domain:
         return Domain("fourier", fourier2d, ifourier2d)
     if name == "hadamard":
         def depth(n: int) -> int:
-            return max(1, math.ceil(math.log2(n))) if repeats is None else repeats
+            return hadamard_depth(n, repeats)
 
         def complete(n: int) -> bool:  # log2(n) stages on n = 2^p: the Walsh-Hadamard transform
             return power_of_two(n) and n > 1 and depth(n) == int(math.log2(n))
 
+        stages = butterfly_domain(tile, repeats)
         if tile == 0:
             def fwd(x):
                 v = x.flatten(1)
-                n = v.shape[-1]
-                if complete(n):
-                    return hadamard_along(v, hadamard_factors(n)).reshape(x.shape)
-                return butterfly(v, depth(n)).reshape(x.shape)
+                if complete(v.shape[-1]):  # symmetric and orthogonal: its own inverse
+                    return hadamard_along(v, hadamard_factors(v.shape[-1])).reshape(x.shape)
+                return stages.forward(x)
 
             def inv(y):
                 v = y.flatten(1)
-                n = v.shape[-1]
-                if complete(n):  # symmetric and orthogonal: its own inverse
-                    return hadamard_along(v, hadamard_factors(n)).reshape(y.shape)
-                return unbutterfly(v, depth(n)).reshape(y.shape)
+                if complete(v.shape[-1]):
+                    return hadamard_along(v, hadamard_factors(v.shape[-1])).reshape(y.shape)
+                return stages.inverse(y)
         else:
             kh, kw = patch_dims(tile)
-            n = kh * kw
-            if complete(n) and power_of_two(kh) and power_of_two(kw):
-                def fwd(x):
-                    return hadamard_tiles(x, tile)
+            if not (complete(kh * kw) and power_of_two(kh) and power_of_two(kw)):
+                return stages
 
-                inv = fwd
-            else:
-                def fwd(x):
-                    return ungroup(butterfly(groups(x, tile), depth(n)), tile, x.shape)
+            def fwd(x):
+                return hadamard_tiles(x, tile)
 
-                def inv(y):
-                    return ungroup(unbutterfly(groups(y, tile), depth(n)), tile, y.shape)
-        return Domain(f"hadamard[{tile or 'full'}]", fwd, inv)
+            inv = fwd
+        return Domain(stages.name, fwd, inv)
     raise ValueError(f"unknown whitening domain {name!r}; expected spatial, fourier or hadamard")

@@ -107,14 +107,16 @@ class Whitening:
         self(torch.zeros(batch, *self.event_shape, device=device))
 
     # ------------------------------------------------------------------ apply
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def fields(self, x: torch.Tensor) -> torch.Tensor:
+        """(*batch, *event_shape) -> float32 (N, C', H, W) fields, normalised as the configuration says."""
         n = len(self.event_shape)
         if tuple(x.shape[x.dim() - n:]) != self.event_shape:
             raise ValueError(f"whitening built for event shape {self.event_shape}, got tensor of shape {tuple(x.shape)}")
-        y = x.float().reshape(-1, *self.field)
-        y = torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
-        if self.cfg.input_norm == "rms":
-            y = project_norm(y)
+        y = torch.nan_to_num(x.float().reshape(-1, *self.field), nan=0.0, posinf=0.0, neginf=0.0)
+        return project_norm(y) if self.cfg.input_norm == "rms" else y
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fields(x)
         level, cache, passes = self.cfg.level, self._cache, self.cfg.passes
         for block, domain in self.blocks * self.cfg.cycles:
             q = domain.forward(y)
