@@ -166,7 +166,8 @@ def summary(run) -> dict[str, float]:
     out = {}
     for rec in _runs([run])[0].evals():
         for metric, v in rec.scores.items():
-            out[metric] = sum(v) / len(v) if isinstance(v, list) else v
+            defined = [x for x in (v if isinstance(v, list) else [v]) if x is not None]  # null: undefined (NaN)
+            out[metric] = sum(defined) / len(defined) if defined else float("nan")
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .io import load_image, save_grid, save_image, save_video, write_atomic
 from .method import Method, Problem, build_method
 from .models import counted
 from .rundir import ItemRecord, RunDir, RunRecord
+from .sampling import NonFiniteReward
 from .sde import FlowSDE
 
 
@@ -37,18 +39,26 @@ NOT_HASHED_MODEL = ("gradient_checkpointing", "offload_encoders", "device")
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """Hash of everything that determines the results (not where they go or how progress is shown)."""
+    """Hash of everything that determines the results (not where they go or how progress is shown): the
+    configuration, the prompt texts themselves (not the file that holds them) and the CPU thread count
+    (reductions split differently change the last bits, and a sampler amplifies them)."""
     data = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_HASHED}
     if isinstance(data.get("model"), dict):
         data["model"] = {k: v for k, v in data["model"].items() if k not in NOT_HASHED_MODEL}
+    data["prompt_texts"] = load_prompts(cfg.task)
+    data["cpu_threads"] = torch.get_num_threads()
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class MixedResults(ValueError):
+    """An output directory holds results of another configuration (or prompts, or thread count)."""
 
 
 def check_same_config(found: str, path: Path, chash: str) -> None:
     """Refuse to mix results of different configurations in one directory."""
     if found != chash:
-        raise ValueError(f"{path} holds results of another configuration (config hash {found}, this run {chash}); "
-                         "choose another out_dir or remove it")
+        raise MixedResults(f"{path} holds results of another configuration, prompt set or CPU thread count (hash "
+                           f"{found}, this run {chash}); choose another out_dir or remove it")
 
 
 def build_model(cfg: DictConfig):
@@ -69,9 +79,9 @@ def load_prompts(task: DictConfig) -> list[str]:
     for name in [files] if isinstance(files, str) else files:
         path = Path(name) if Path(name).is_file() else PROMPTS_DIR / name
         if path.suffix == ".json":
-            prompts += [entry["prompt"] for entry in json.loads(path.read_text())]
+            prompts += [entry["prompt"] for entry in json.loads(path.read_text(encoding="utf-8"))]
         else:
-            prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return prompts
 
 
@@ -111,8 +121,12 @@ def generate(cfg: DictConfig, guard=None) -> RunRecord:
     run = RunDir(cfg.out_dir)
     chash = config_hash(cfg)
     logger = instantiate_block(cfg.logger)  # a logger that cannot work fails now, before any generation
-    if run.finished():
-        record = run.read_summary()
+    record = run.read_summary_or_none()
+    damage = record is not None and run.summary_problem(cfg.save_latents)
+    if damage:
+        print(f"{run.summary_path}: {damage}; checking every item again")
+        record = None
+    if record is not None:
         check_same_config(record.config_hash, run.summary_path, chash)
         print(f"already done: {run.summary_path} ({cfg.task.target} {record.scores[cfg.task.target]:.4f})")
     else:
@@ -136,7 +150,12 @@ def generate_items(cfg: DictConfig, run: RunDir, chash: str, guard=None) -> RunR
     names = item_dirs(cfg, prompts)
     for name in names:
         if run.item_done(name):
-            check_same_config(run.read_item(name).config_hash, run.item_record_path(name), chash)
+            problem = run.item_problem(name, cfg.save_latents)
+            if problem:
+                print(f"{run.item_dir(name)}: {problem}; regenerating it")
+                run.item_record_path(name).unlink()
+            else:
+                check_same_config(run.read_item(name).config_hash, run.item_record_path(name), chash)
     todo = [i for i, name in enumerate(names) if not run.item_done(name)]
     model = build_model(cfg.model)
     if guard is not None:
@@ -150,8 +169,11 @@ def generate_items(cfg: DictConfig, run: RunDir, chash: str, guard=None) -> RunR
         for i in tqdm(todo, desc=cfg.method.name, disable=not cfg.progress):
             before, start = model.counter.snapshot(), time.perf_counter()
             gen = torch.Generator().manual_seed(item_seed(cfg, i))
-            res = method(Problem(sde, model, prompts[i], target, cfg.steps, gen, cfg.task.condition_model,
-                                 batch_size=cfg.get("batch_size"), guard=guard))
+            try:
+                res = method(Problem(sde, model, prompts[i], target, cfg.steps, gen, cfg.task.condition_model,
+                                     batch_size=cfg.get("batch_size"), guard=guard))
+            except NonFiniteReward as err:
+                raise NonFiniteReward(err.what, err.tau, f"{err.where} on item {i} ({prompts[i]!r})") from None
             wall, after = time.perf_counter() - start, model.counter.snapshot()
             nfe = after["nfe"] - before["nfe"]
             if cfg.get("nfe") and nfe != cfg.nfe:  # the method's cost model and the counter must agree
@@ -160,6 +182,8 @@ def generate_items(cfg: DictConfig, run: RunDir, chash: str, guard=None) -> RunR
             with torch.no_grad():
                 pixels = model.decode(x0)
                 score = float(target(pixels, [prompts[i]])[0])
+            if not math.isfinite(score):
+                raise NonFiniteReward("value", 0.0, f" of item {i}'s answer from reward {cfg.task.target!r}")
             if cfg.save_latents:
                 write_atomic(run.latent_path(name), lambda p, x0=x0: torch.save(x0.cpu(), p))
             run.write_item(name, ItemRecord(  # last: its presence marks the item done

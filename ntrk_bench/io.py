@@ -18,7 +18,9 @@ def write_atomic(path: Path, write) -> None:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=1)))
+    """JSON as the standard has it: a NaN or infinity anywhere is an error, never a bare ``NaN`` token."""
+    text = json.dumps(data, indent=1, allow_nan=False)
+    write_atomic(path, lambda p: p.write_text(text))
 
 
 def to_uint8(x: torch.Tensor):

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
 from .limits import Limit, count
-from .sampling import Evaluation, NoiseRule, NoiseSource, ShiftRule, evaluate_denoiser, sample_chain
+from .sampling import (Evaluation, NoiseRule, NoiseSource, NonFiniteReward, ShiftRule, check_finite, evaluate_denoiser,
+                       sample_chain)
 from .sde import FlowSDE
 
 
@@ -109,17 +111,28 @@ class Problem:
 
     def score(self, x0: torch.Tensor) -> torch.Tensor:
         """The target reward of clean latents without gradients (no NFE: the reward sees pixels), chunked."""
-        with torch.no_grad():
-            parts = [self.value(x0[s]) for s in chunks(len(x0), self.batch_size)]
+        with torch.no_grad(), self.naming_the_reward():
+            parts = [check_finite("value", self.value(x0[s]), 0.0) for s in chunks(len(x0), self.batch_size)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def evaluate(self, x: torch.Tensor, tau, value: bool = True, grad: bool = True) -> Evaluation:
         """One denoiser pass per particle at (x, tau), chunked by ``batch_size``; with ``value``, the target
         reward of each Tweedie estimate and, with ``grad``, its gradient w.r.t. x through the denoiser."""
         fn = self.value if value else None
-        parts = [evaluate_denoiser(self.sde, self.model, x[s], tau, self.cond(s.stop - s.start), fn, grad)
-                 for s in chunks(len(x), self.batch_size)]
+        with self.naming_the_reward():
+            parts = [evaluate_denoiser(self.sde, self.model, x[s], tau, self.cond(s.stop - s.start), fn, grad)
+                     for s in chunks(len(x), self.batch_size)]
         return parts[0] if len(parts) == 1 else Evaluation.cat(parts)
+
+    @contextmanager
+    def naming_the_reward(self):
+        """NonFiniteReward raised inside names the reward and the kernel step (tau on this item's grid)."""
+        try:
+            yield
+        except NonFiniteReward as err:
+            step = int((self.sde.times(self.steps) - err.tau).abs().argmin())
+            name = getattr(self.reward, "name", type(self.reward).__name__)
+            raise NonFiniteReward(err.what, err.tau, f" (step {step} of {self.steps}) from reward {name!r}") from None
 
     def whitening(self, cfg):
         """The whitening operator for this model's latent shape (placement-checked when guarded)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -76,6 +77,16 @@ class EvalRecord:
     scores: dict  # metric -> [per item] or a scalar
 
 
+def _undefined_as_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _undefined_as_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_undefined_as_null(v) for v in value]
+    return value
+
+
 def _read(cls, path: Path):
     data = json.loads(Path(path).read_text())
     names = {f.name for f in dataclasses.fields(cls)}
@@ -123,6 +134,39 @@ class RunDir:
     def read_summary(self) -> RunRecord:
         return _read(RunRecord, self.summary_path)
 
+    def read_summary_or_none(self) -> RunRecord | None:
+        """The run summary, or None when it is absent or does not read back (then the run is not finished)."""
+        try:
+            return self.read_summary() if self.finished() else None
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def item_problem(self, name: str, needs_latent: bool = True) -> str | None:
+        """What is wrong with a finished item's files (None: intact): its record reads back, its image or
+        video exists, and its latent loads."""
+        try:
+            item = self.read_item(name)
+        except (OSError, ValueError, TypeError) as err:
+            return f"record.json does not read back ({type(err).__name__})"
+        if not (self.item_dir(name) / item.output).is_file():
+            return f"{item.output} is missing"
+        if needs_latent:
+            import torch
+
+            try:
+                torch.load(self.latent_path(name), weights_only=True)
+            except Exception as err:  # truncated or garbled files raise many kinds of errors
+                return f"{LATENT} does not load ({type(err).__name__})"
+        return None
+
+    def summary_problem(self, needs_latent: bool = True) -> str | None:
+        """The first damaged item of a finished run (None: every item is intact)."""
+        for name in self.read_summary().items:
+            problem = self.item_problem(name, needs_latent)
+            if problem:
+                return f"item {name}: {problem}"
+        return None
+
     def write_summary(self, record: RunRecord) -> None:
         _write(self.summary_path, record)
 
@@ -143,16 +187,29 @@ class RunDir:
         return [self.latent_path(name) for name in self.read_summary().items]
 
     def has_eval(self, evaluator: str) -> bool:
-        return self.eval_path(evaluator).exists()
+        """An evaluation file that exists and reads back (a damaged one counts as missing)."""
+        try:
+            self.read_eval(evaluator)
+            return True
+        except (OSError, ValueError, TypeError):
+            return False
 
     def read_eval(self, evaluator: str) -> EvalRecord:
         return _read(EvalRecord, self.eval_path(evaluator))
 
     def write_eval(self, record: EvalRecord) -> None:
-        _write(self.eval_path(record.evaluator), record)
+        """Scores that are undefined (NaN, e.g. a Frechet distance of one sample) are stored as null."""
+        _write(self.eval_path(record.evaluator), dataclasses.replace(record, scores=_undefined_as_null(record.scores)))
 
     def evals(self) -> list[EvalRecord]:
-        return [_read(EvalRecord, p) for p in sorted((self.path / EVAL).glob("*.json"))]
+        """Every evaluation that reads back; a damaged file is named in one line and left out."""
+        out = []
+        for p in sorted((self.path / EVAL).glob("*.json")):
+            try:
+                out.append(_read(EvalRecord, p))
+            except (OSError, ValueError, TypeError) as err:
+                print(f"warning: {p} does not read back ({type(err).__name__}); rerun the evaluation stage")
+        return out
 
     def held_out(self) -> list[str]:
         """The evaluators the run's task holds out."""
@@ -173,7 +230,15 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunDir]:
     for path in map(Path, paths):
         candidates = [path / RECORD] if (path / RECORD).exists() else path.rglob(RECORD)
         runs.update(p.parent for p in candidates if is_summary(p))
-    return [RunDir(r) for r in sorted(runs) if "ledger" in json.loads((r / RECORD).read_text())]
+    return [RunDir(r) for r in sorted(runs) if _is_run_summary(r / RECORD)]
+
+
+def _is_run_summary(path: Path) -> bool:
+    try:
+        return "ledger" in json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        print(f"warning: {path} does not read back ({type(err).__name__}); rerun the run to rebuild it")
+        return False
 
 
 __all__ = ["EvalRecord", "ItemRecord", "RunDir", "RunRecord", "find_runs", "is_summary"]

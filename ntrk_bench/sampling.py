@@ -42,6 +42,21 @@ class Evaluation:
         return Evaluation(self.den.select(index), pick(self.value), pick(self.grad))
 
 
+class NonFiniteReward(FloatingPointError):
+    """A reward value or its gradient came back NaN or infinite: the step cannot be taken honestly."""
+
+    def __init__(self, what: str, tau: float, where: str = ""):
+        self.what, self.tau, self.where = what, tau, where
+        super().__init__(f"non-finite reward {what} at tau={tau:.4g}{where}")
+
+
+def check_finite(what: str, t: torch.Tensor, tau) -> torch.Tensor:
+    """``t`` itself, or NonFiniteReward naming what went non-finite and where (never zeroed silently)."""
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteReward(what, float(tau))
+    return t
+
+
 Value = Callable[[torch.Tensor], torch.Tensor]  # clean latent x0 (B, ...) -> reward (B,), differentiable
 NoiseRule = Callable[[Evaluation, torch.Tensor, int], torch.Tensor]
 ShiftRule = Callable[[Evaluation, float, int], Optional[torch.Tensor]]
@@ -56,13 +71,13 @@ def evaluate_denoiser(sde: FlowSDE, model, x: torch.Tensor, tau, cond: Any, valu
     if value is None or not with_grad:
         with torch.no_grad():
             den = sde.denoise(model, x, tau, cond)
-            return Evaluation(den, None if value is None else value(den.x0).detach())
+            return Evaluation(den, None if value is None else check_finite("value", value(den.x0).detach(), tau))
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         den = sde.denoise(model, xg, tau, cond)
-        val = value(den.x0)
+        val = check_finite("value", value(den.x0), tau)
         (grad,) = torch.autograd.grad(val.sum(), xg)
-    return Evaluation(den.detach(), val.detach(), torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0))
+    return Evaluation(den.detach(), val.detach(), check_finite("gradient", grad, tau))
 
 
 def sample_chain(sde: FlowSDE, x: torch.Tensor, steps: int, normal: Normal, evaluate: Evaluator,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -32,12 +34,13 @@ class Run:
     progress: bool = True
     save_latents: bool = True
     evaluate: bool = True
-    limits: ClassVar[dict] = {"steps": count, "nfe": count, "samples_per_prompt": count, "seed": at_least(0),
-                              "batch_size": count}
+    limits: ClassVar[dict] = {"steps": interval(1, 100_000), "nfe": count, "samples_per_prompt": count,
+                              "seed": interval(0, 2 ** 63 // 1_000_003 - 1_000_000), "batch_size": count}
 
 
 #: ranges of the whitening blocks (their types come from WhiteningConfig and BlockConfig)
-WHITENING_LIMITS: dict[str, Limit] = {"input_norm": choice("rms", "none"), "level": interval(0, 1, open_low=True),
+WHITENING_LIMITS: dict[str, Limit] = {"input_norm": choice("rms", "none"),
+                                      "level": Limit(lambda v: 0 < v < 1, "in (0, 1)"),
                                       "passes": count, "cycles": count, "repeats": count}
 
 
@@ -132,6 +135,50 @@ def validate(cfg: DictConfig) -> None:
             built.with_budget(cfg.nfe, cfg.steps)
         except (BudgetError, ValueError) as err:
             raise ConfigError(str(err)) from None
+    check_task(cfg.task)
+    check_out_dir(cfg.get("out_dir"))
+
+
+def check_task(task) -> None:
+    """The task's rewards exist and its prompts read: a non-empty list of non-blank strings."""
+    from .config import CONF_DIR
+    from .generate import PROMPTS_DIR, load_prompts
+
+    for key, names in (("task.target", [task.get("target")]), ("task.held_out", list(task.get("held_out") or []))):
+        for name in names:
+            if not isinstance(name, str) or not (CONF_DIR / "reward" / f"{name}.yaml").exists():
+                options = ", ".join(sorted(p.stem for p in (CONF_DIR / "reward").glob("*.yaml")))
+                raise ConfigError(f"{key}={name!r}: unknown reward; available: {options}")
+    files = task.get("prompts_file")
+    for name in ([files] if isinstance(files, str) else list(files or [])):
+        path = Path(name) if Path(name).is_file() else PROMPTS_DIR / name
+        if not path.is_file():
+            raise ConfigError(f"task.prompts_file={name!r}: no such file (a path, or a name in {PROMPTS_DIR})")
+    try:
+        prompts = load_prompts(task)
+    except UnicodeDecodeError:
+        raise ConfigError(f"task.prompts_file={files!r}: not UTF-8 text") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"task.prompts_file={files!r}: not a list of {{prompt, ...}} records ({err})") from None
+    key = "task.prompts_file" if files else "task.prompts"
+    if not prompts:
+        raise ConfigError(f"{key}: no prompts (an empty file or list)")
+    bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise ConfigError(f"{key}: every prompt must be a non-blank string, got {bad[0]!r}")
+
+
+def check_out_dir(out_dir) -> None:
+    """``out_dir`` can be created and written: its nearest existing ancestor is a writable folder."""
+    if not out_dir:
+        return
+    path = Path(out_dir).absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        raise ConfigError(f"out_dir={out_dir!r}: {path} is a file, not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"out_dir={out_dir!r}: {path} is not writable")
 
 
 __all__ = ["ConfigError", "Run", "fields_of", "method_class", "validate"]

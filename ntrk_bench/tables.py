@@ -60,10 +60,13 @@ def collect(root: Path) -> pd.DataFrame:
             metrics |= ev.scores
         for metric, values in metrics.items():
             name, sign = METRIC_NAMES.get(metric, metric), METRIC_SIGNS.get(metric, 1.0)
+            def signed(v):
+                return float("nan") if v is None else sign * v  # null: an undefined metric
+
             if isinstance(values, list):
-                rows += [base | {"sample": i, "metric": name, "value": sign * v} for i, v in enumerate(values)]
+                rows += [base | {"sample": i, "metric": name, "value": signed(v)} for i, v in enumerate(values)]
             else:
-                rows.append(base | {"sample": -1, "metric": name, "value": sign * values})
+                rows.append(base | {"sample": -1, "metric": name, "value": signed(values)})
     return pd.DataFrame(rows)
 
 

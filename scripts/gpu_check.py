@@ -54,17 +54,17 @@ def build(family: str, size: str, device: str, dtype: torch.dtype, frames: int):
         side = 512 if real else 64
         flow = FluxFlow(place(pipe, device, gradient_checkpointing=real), height=side // 4 if real else side,
                         width=side // 4 if real else side, max_sequence_length=32, device=device)
-        return flow, "full"
+        return flow, "full" if real else "twoos"
     if family == "zimage":
         pipe = tiny.zimage_pipeline(tiny.ZIMAGE if real else tiny.TINY_ZIMAGE).to(dtype=dtype)
         side = 128 if real else 64
         return ZImageFlow(place(pipe, device, gradient_checkpointing=real), height=side, width=side,
-                          max_sequence_length=32, device=device), "full"
+                          max_sequence_length=32, device=device), "full" if real else "twoos"
     pipe = tiny.wan_pipeline(tiny.WAN21_1_3B if real else tiny.TINY_WAN).to(dtype=dtype)
     pipe.vae.to(torch.float32)  # Wan's VAE in float32, as its model cards recommend
     h, w = (480, 832) if real else (64, 64)  # the tiny Wan VAE has the real factors (4 in time, 8 in space)
     return WanFlow(place(pipe, device, gradient_checkpointing=real), height=h, width=w, frames=frames,
-                   guidance_scale=1.0, max_sequence_length=32, device=device), "full_wan"
+                   guidance_scale=1.0, max_sequence_length=32, device=device), "full_wan" if real else "twoos"
 
 
 def sync(device):
