@@ -16,18 +16,21 @@ import hydra  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from . import config as _config  # noqa: E402,F401  (registers the resolvers conf/config.yaml uses)
+
 FAILED = "failed_jobs.txt"  # in the sweep directory: one line per job that stopped with a one-line error
 
 
 def one_line_errors() -> tuple:
-    """The errors that say in one line what to fix or fetch (no traceback)."""
+    """The errors that say in one line what to fix or fetch (no traceback); ImportError: a missing optional
+    package (e.g. ``logger=wandb`` without wandb), reported before any generation."""
     from .generate import MixedResults
     from .hub import MissingModel
     from .mini.net import MissingWeights
     from .sampling import NonFiniteReward
     from .schema import ConfigError
 
-    return ConfigError, MissingModel, MissingWeights, NonFiniteReward, MixedResults
+    return ConfigError, MissingModel, MissingWeights, NonFiniteReward, MixedResults, ImportError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

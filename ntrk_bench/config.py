@@ -9,6 +9,21 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
+
+def path_safe(name: str, limit: int = 120) -> str:
+    """A command line's overrides as one folder name: no path separators, and a long one cut to ``limit``
+    characters plus a hash of the whole (file systems refuse names over 255 bytes)."""
+    import hashlib
+
+    flat = str(name).replace("/", "\u2215")
+    if len(flat.encode()) <= limit:
+        return flat
+    digest = hashlib.sha256(flat.encode()).hexdigest()[:12]
+    return flat.encode()[:limit].decode(errors="ignore") + "..." + digest
+
+
+OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)  # used by conf/config.yaml's run_name
+
 #: keys of a group option that label it rather than configure its object
 LABELS = ("name", "family")
 

@@ -21,6 +21,7 @@ nothing; the others run, and the stage then exits with one line per missing weig
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,9 @@ def run_worker(python: str, name: str, runs: Sequence[RunDir], overrides: dict) 
         cmd = [python, "-m", "ntrk_bench.evaluate", "--worker", name, f"--missing-to={report}", *sets,
                *(str(r.path) for r in runs)]
         print(f"{name}: {len(runs)} runs in its own environment ({python})")
+        if not (Path(python).is_file() and os.access(python, os.X_OK)):
+            raise MissingModel(f"--env {name}={python}: no such interpreter (build the environment, e.g. "
+                               f"`make env-{name}`, or point --env at its bin/python)")
         done = subprocess.run(cmd)
         if done.returncode == WORKER_MISSING and report.exists():
             return [f"{name}: {line}" for line in report.read_text().splitlines()]
@@ -206,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: no finished runs under {', '.join(args.paths)} (run.py writes them)")
     envs = dict(e.split("=", 1) for e in args.env)
     only = [s for s in args.only.split(",") if s]
+    held = sorted({n for r in runs for n in r.held_out()})
+    unknown = [n for n in only if n not in held]
+    if unknown:
+        sys.exit(f"error: --only {','.join(unknown)}: no run under {', '.join(args.paths)} holds it out "
+                 f"(held out there: {', '.join(held) or 'none'})")
     try:
         evaluate(runs, only, envs, progress=not args.no_progress, overrides=overrides)
     except MissingModel as err:

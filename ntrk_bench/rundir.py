@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -26,6 +28,7 @@ ITEMS = "items"
 EVAL = "eval"
 GRID = "samples.png"
 LATENT = "latent.pt"
+CLAIM = ".claim"  # items/<name>/.claim: "<host> <pid>" of the process generating that item
 
 
 @dataclass
@@ -186,6 +189,33 @@ class RunDir:
     def latents(self) -> list[Path]:
         return [self.latent_path(name) for name in self.read_summary().items]
 
+    # ------------------------------------------------------------------ claims (concurrent identical runs)
+    def claim(self, name: str) -> bool:
+        """Take item ``name`` for this process (False: a live process on this host, or any process on another
+        host, holds it). A claim left by a dead process on this host is taken over."""
+        path = self.item_dir(name) / CLAIM
+        path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    host, pid = path.read_text().split()
+                except (OSError, ValueError):  # being written, or vanished: let the next pass decide
+                    return False
+                if host != socket.gethostname() or _alive(int(pid)):
+                    return f"{host} {pid}" == me
+                path.unlink(missing_ok=True)  # its owner died: take it over
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            return True
+        return False
+
+    def release(self, name: str) -> None:
+        (self.item_dir(name) / CLAIM).unlink(missing_ok=True)
+
     def has_eval(self, evaluator: str) -> bool:
         """An evaluation file that exists and reads back (a damaged one counts as missing)."""
         try:
@@ -217,6 +247,16 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_summary(path: Path) -> bool:

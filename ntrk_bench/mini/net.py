@@ -88,7 +88,11 @@ class MiniLearnedFlow:
                                  "(scripts/train_mini.py, about 15 minutes on a CPU)")
         from safetensors.torch import load_file
 
-        meta = json.loads(path.with_suffix(".json").read_text())
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            raise MissingWeights(f"{sidecar} (the architecture of {path.name}) is missing; it is written beside the "
+                                 "weights by `make mini-train` (scripts/train_mini.py)")
+        meta = json.loads(sidecar.read_text())
         self.net = VelocityNet(**meta["config"]).to(device)
         self.net.load_state_dict(load_file(str(path), device=str(device)))
         self.net.eval().requires_grad_(False)
