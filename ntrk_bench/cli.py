@@ -53,6 +53,25 @@ def main(cfg: DictConfig) -> None:
             fh.write(f"{hc.job.override_dirname or hc.job.name}: {err}\n")
 
 
+class EarlyChecks(Callback):
+    """Before Hydra creates the run's folder: a folder that cannot be created, or a logger whose package is
+    missing, is one line, not a traceback and not an empty run folder."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from .config import instantiate_block
+        from .schema import ConfigError, check_out_dir
+
+        try:
+            HydraConfig.instance().set_config(config)  # out_dir may name the job's overrides
+            check_out_dir(config.out_dir)
+            instantiate_block(config.logger)
+        except (ConfigError, ImportError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+
 class FailedJobs(Callback):
     """At the end of a multirun, one line per job that failed (and exit 2), after every valid job ran."""
 

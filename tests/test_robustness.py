@@ -199,3 +199,17 @@ def test_concurrent_identical_runs_share_the_items_instead_of_redoing_them(tmp_p
     assert made == 10, [o for o, _ in outs]
     run = RunDir(tmp_path / "r")
     assert len(run.read_summary().items) == 10 and not list((tmp_path / "r").rglob(".claim"))
+
+
+@pytest.mark.parametrize("override,message", [("out_dir={tmp}/file/run", "is a file, not a folder"),
+                                              ("logger=wandb", "logger=wandb needs wandb")])
+def test_command_line_errors_are_one_line_before_anything_is_created(tmp_path, override, message):
+    pytest.importorskip("hydra")
+    if override.startswith("logger") and __import__("importlib").util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    (tmp_path / "file").write_text("")
+    args = [sys.executable, str(ROOT / "run.py"), override.format(tmp=tmp_path), "model=mini_exact", "steps=2",
+            "progress=false", f"results_root={tmp_path}/runs"]
+    out = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr
+    assert not (tmp_path / "runs").exists()
