@@ -140,7 +140,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_task(task) -> None:
-    """The task's rewards exist and its prompts read: a non-empty list of non-blank strings."""
+    """The task's rewards exist and its prompts read: a non-empty list of strings ("" is the unconditional
+    prompt)."""
     from .config import CONF_DIR
     from .generate import PROMPTS_DIR, load_prompts
 
@@ -163,9 +164,9 @@ def check_task(task) -> None:
     key = "task.prompts_file" if files else "task.prompts"
     if not prompts:
         raise ConfigError(f"{key}: no prompts (an empty file or list)")
-    bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+    bad = [p for p in prompts if not isinstance(p, str)]
     if bad:
-        raise ConfigError(f"{key}: every prompt must be a non-blank string, got {bad[0]!r}")
+        raise ConfigError(f"{key}: every prompt must be a string, got {bad[0]!r}")
 
 
 def check_out_dir(out_dir) -> None:

@@ -153,7 +153,7 @@ def test_one_bad_value_does_not_abort_a_multirun(tmp_path):
 # ----------------------------------------------------------------------------- 5. bad input, before any model loads
 @pytest.mark.parametrize("override,message", [
     ("task.prompts=[]", "task.prompts: no prompts"),
-    ("task.prompts=[' ']", "task.prompts: every prompt must be a non-blank string"),
+    ("task.prompts=[1,2]", "task.prompts: every prompt must be a string"),
     ("task.target=nosuch", "task.target='nosuch': unknown reward"),
     ("seed=100000000000000000000", "seed=100000000000000000000: must be in"),
     ("steps=100000000", "steps=100000000: must be in"),
