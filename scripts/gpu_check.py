@@ -46,21 +46,26 @@ class PixelReward:
         return pixels[..., h // 4: 3 * h // 4, w // 4: 3 * w // 4].float().flatten(1).mean(1)
 
 
+def cast(pipe, dtype: torch.dtype):
+    """The pipeline in ``dtype`` (built in float32: nothing to do there)."""
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
 def build(family: str, size: str, device: str, dtype: torch.dtype, frames: int):
     """(FlowModel, whitening option) of one family at one size."""
     real = size == "real"
     if family == "flux":
-        pipe = tiny.flux_pipeline(tiny.FLUX_SCHNELL if real else tiny.TINY_FLUX).to(dtype=dtype)
+        pipe = cast(tiny.flux_pipeline(tiny.FLUX_SCHNELL if real else tiny.TINY_FLUX), dtype)
         side = 512 if real else 64
         flow = FluxFlow(place(pipe, device, gradient_checkpointing=real), height=side // 4 if real else side,
                         width=side // 4 if real else side, max_sequence_length=32, device=device)
         return flow, "full" if real else "twoos"
     if family == "zimage":
-        pipe = tiny.zimage_pipeline(tiny.ZIMAGE if real else tiny.TINY_ZIMAGE).to(dtype=dtype)
+        pipe = cast(tiny.zimage_pipeline(tiny.ZIMAGE if real else tiny.TINY_ZIMAGE), dtype)
         side = 128 if real else 64
         return ZImageFlow(place(pipe, device, gradient_checkpointing=real), height=side, width=side,
                           max_sequence_length=32, device=device), "full" if real else "twoos"
-    pipe = tiny.wan_pipeline(tiny.WAN21_1_3B if real else tiny.TINY_WAN).to(dtype=dtype)
+    pipe = cast(tiny.wan_pipeline(tiny.WAN21_1_3B if real else tiny.TINY_WAN), dtype)
     pipe.vae.to(torch.float32)  # Wan's VAE in float32, as its model cards recommend
     h, w = (480, 832) if real else (64, 64)  # the tiny Wan VAE has the real factors (4 in time, 8 in space)
     return WanFlow(place(pipe, device, gradient_checkpointing=real), height=h, width=w, frames=frames,
@@ -144,7 +149,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=["real", "tiny"], default="real" if cuda else "tiny")
     ap.add_argument("--models", default="flux,zimage,wan")
     ap.add_argument("--rows", nargs="*", default=ROWS_25)
-    ap.add_argument("--big-row", default="das_500", help="the 500-NFE row (gradients for 20 particles)")
+    ap.add_argument("--big-row", default="das_500" if cuda else "svdd_500",
+                    help="the 500-NFE row (CUDA: DAS, gradients for 20 particles; CPU: SVDD, forward passes only)")
     ap.add_argument("--batch-size", type=int, default=4, help="most samples per denoiser call")
     ap.add_argument("--frames", type=int, default=81, help="Wan frames (real size)")
     args = ap.parse_args(argv)

@@ -11,7 +11,7 @@ def test_gpu_check_runs_every_row_on_tiny_models_with_every_tensor_on_the_device
     out = capsys.readouterr().out
     for family in ("flux", "zimage", "wan"):
         assert f"model {family}" in out
-    assert "NO:" not in out and "das_500 NFE 500/500" in out and "ntrk_25 NFE 25/25" in out
+    assert "NO:" not in out and "svdd_500 NFE 500/500" in out and "ntrk_25 NFE 25/25" in out
 
 
 def test_gpu_check_reports_a_tensor_off_the_device(monkeypatch, capsys):
