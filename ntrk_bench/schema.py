@@ -136,7 +136,8 @@ def validate(cfg: DictConfig) -> None:
         except (BudgetError, ValueError) as err:
             raise ConfigError(str(err)) from None
     check_task(cfg.task)
-    check_out_dir(cfg.get("out_dir"))
+    # out_dir may name Hydra's job overrides, which only a Hydra run can resolve (the CLI checks it then too)
+    check_out_dir(OmegaConf.select(cfg, "out_dir", throw_on_resolution_failure=False))
 
 
 def check_task(task) -> None:
