@@ -54,17 +54,24 @@ def main(cfg: DictConfig) -> None:
 
 
 class EarlyChecks(Callback):
-    """Before Hydra creates the run's folder: a folder that cannot be created, or a logger whose package is
-    missing, is one line, not a traceback and not an empty run folder."""
+    """Before Hydra creates the run's folder: a bad value, a folder that cannot be created, or a logger whose
+    package is missing, is one line, not a traceback and not an empty run folder."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         from .config import instantiate_block
-        from .schema import ConfigError, check_out_dir
+        from .schema import ConfigError, check_out_dir, validate
 
+        overridden = {o.split("=", 1)[0].lstrip("+~") for o in list(config.hydra.overrides.hydra)
+                      + list(config.hydra.overrides.task)}
+        if "hydra.run.dir" in overridden and "out_dir" not in overridden:
+            print("error: hydra.run.dir moves only Hydra's own files; set out_dir=PATH instead (results and "
+                  ".hydra/ both go there)", file=sys.stderr)
+            sys.exit(2)
         try:
             HydraConfig.instance().set_config(config)  # out_dir may name the job's overrides
+            validate(config)  # a bad value leaves no run folder behind (main validates again, for multiruns)
             check_out_dir(config.out_dir)
             instantiate_block(config.logger)
         except (ConfigError, ImportError) as err:

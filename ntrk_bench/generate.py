@@ -219,7 +219,7 @@ def generate_item(cfg: DictConfig, run: RunDir, i: int, prompt: str, name: str, 
         index=i, prompt=prompt, seed=item_seed(cfg, i), method=cfg.method.name,
         output=save_output(cfg, pixels[0].float().cpu(), run.item_dir(name)), target=cfg.task.target,
         target_score=score, method_value=res.reward, nfe=nfe, grad_nfe=after["grad_nfe"] - before["grad_nfe"],
-        wall_s=wall, config_hash=chash, method_config=method_record(method)))
+        wall_s=wall, config_hash=chash, method_config=method_record(method), diagnostics=res.info.get("diagnostics", {})))
 
 
 def summarise(cfg: DictConfig, prompts: list[str], run: RunDir, names: list[str], method: Method,
@@ -228,6 +228,9 @@ def summarise(cfg: DictConfig, prompts: list[str], run: RunDir, names: list[str]
     items = [run.read_item(name) for name in names]
     n = len(prompts)
     target = [it.target_score for it in items]
+    recorded = {k for it in items for k in it.diagnostics}  # a method's per-item record, where every item has it
+    diagnostics = {k: [it.diagnostics[k] for it in items] for k in sorted(recorded)
+                   if all(k in it.diagnostics for it in items)}
     row = method.ledger_row(cfg.steps, cfg.get("nfe") or sum(it.nfe for it in items) // n)
     record = RunRecord(
         method=cfg.method.name, display_name=method.display_name(), whitening=method.whitening_name,
@@ -236,7 +239,7 @@ def summarise(cfg: DictConfig, prompts: list[str], run: RunDir, names: list[str]
         ledger={**dataclasses.asdict(row), "steps": str(row.steps)}, prompts=prompts, items=names,
         target=cfg.task.target, scores={cfg.task.target: sum(target) / n},
         per_sample={cfg.task.target: target, "nfe": [it.nfe for it in items], "grad_nfe": [it.grad_nfe for it in items],
-                    "wall_s": [it.wall_s for it in items]},
+                    "wall_s": [it.wall_s for it in items], **diagnostics},
         nfe_per_sample=sum(it.nfe for it in items) // n, grad_nfe_per_sample=sum(it.grad_nfe for it in items) // n,
         wall_s=sum(it.wall_s for it in items), config_hash=config_hash(cfg),
         config=OmegaConf.to_container(cfg, resolve=True), target_conventions=conventions or {})

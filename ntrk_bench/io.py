@@ -9,12 +9,17 @@ import torch
 
 
 def write_atomic(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a killed job never leaves a half-written file."""
+    """Write through a temporary file and rename, so a killed job never leaves a half-written file. The
+    temporary name is the writer's own (process id), so concurrent identical runs writing the same file
+    (the run's summary, its grid) never rename each other's half-written copies."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")  # keeps the suffix (format by name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -51,10 +56,8 @@ def save_video(frames: torch.Tensor, path: Path, fps: int) -> None:
     Needs imageio + imageio-ffmpeg (the ``video`` extra)."""
     from diffusers.utils import export_to_video
 
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".part.mp4")
-    export_to_video([to_uint8(frames[:, i]) for i in range(frames.shape[1])], str(tmp), fps=fps)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: export_to_video([to_uint8(frames[:, i]) for i in range(frames.shape[1])], str(tmp),
+                                                   fps=fps))
 
 
 def save_grid(pixels: torch.Tensor, path: Path, columns: int = 10, scale: int = 2) -> None:

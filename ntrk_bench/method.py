@@ -147,11 +147,15 @@ class Result:
     info: dict = field(default_factory=dict)
 
 
-def best_of(problem: Problem, x0: torch.Tensor, info: dict | None = None) -> Result:
-    """Select the particle with the highest final target reward (no NFE: the reward sees pixels)."""
+def best_of(problem: Problem, x0: torch.Tensor, info: dict | None = None,
+            diagnostics: dict[str, torch.Tensor] | None = None) -> Result:
+    """Select the particle with the highest final target reward (no NFE: the reward sees pixels).
+    ``diagnostics``: per-particle (B,) values a method recorded; the chosen particle's go into the record."""
     scores = problem.score(x0)
     i = int(scores.argmax())
-    return Result(x0[i:i + 1], float(scores[i]), {"particle_rewards": scores.tolist(), **(info or {})})
+    chosen = {k: float(v[i]) for k, v in (diagnostics or {}).items()}
+    return Result(x0[i:i + 1], float(scores[i]), {"particle_rewards": scores.tolist(), **(info or {}),
+                                                   **({"diagnostics": chosen} if chosen else {})})
 
 
 # ----------------------------------------------------------------------------- cost model and ledger
@@ -239,10 +243,11 @@ class Chain(Method):
 
     def __call__(self, problem: Problem) -> Result:
         x = problem.initial_noise(self.particles)
+        rule = self.noise_rule(problem)
         x0 = sample_chain(problem.sde, x, problem.steps, problem.randn,
                           lambda x, tau: problem.evaluate(x, tau, value=self.needs_grad),
-                          noise_rule=self.noise_rule(problem), shift_rule=self.shift_rule(problem))
-        return best_of(problem, x0)
+                          noise_rule=rule, shift_rule=self.shift_rule(problem))
+        return best_of(problem, x0, diagnostics=getattr(rule, "diagnostics", dict)())
 
 
 @dataclass

@@ -46,6 +46,7 @@ class ItemRecord:
     wall_s: float
     config_hash: str
     method_config: dict
+    diagnostics: dict = field(default_factory=dict)  # what the method recorded of its answer (e.g. NTRK's trace)
 
 
 @dataclass

@@ -136,6 +136,7 @@ def validate(cfg: DictConfig) -> None:
         except (BudgetError, ValueError) as err:
             raise ConfigError(str(err)) from None
     check_task(cfg.task)
+    check_eval_envs(cfg.get("eval_envs") or {}, cfg.task)
     # out_dir may name Hydra's job overrides, which only a Hydra run can resolve (the CLI checks it then too)
     check_out_dir(OmegaConf.select(cfg, "out_dir", throw_on_resolution_failure=False))
 
@@ -168,6 +169,18 @@ def check_task(task) -> None:
     bad = [p for p in prompts if not isinstance(p, str)]
     if bad:
         raise ConfigError(f"{key}: every prompt must be a string, got {bad[0]!r}")
+
+
+def check_eval_envs(envs, task) -> None:
+    """Each ``eval_envs`` entry names an evaluator the task holds out and an interpreter that exists."""
+    held = list(task.get("held_out") or [])
+    for name, python in dict(envs).items():
+        if name not in held:
+            raise ConfigError(f"eval_envs.{name}: task {task.name} does not hold it out (held out: "
+                              f"{', '.join(held) or 'none'})")
+        if not (python and Path(str(python)).is_file() and os.access(str(python), os.X_OK)):
+            raise ConfigError(f"eval_envs.{name}={python}: no such interpreter (build the environment, e.g. "
+                              f"`make env-{name}`, or point it at its bin/python)")
 
 
 def check_out_dir(out_dir) -> None:

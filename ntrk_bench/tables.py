@@ -54,7 +54,8 @@ def collect(root: Path) -> pd.DataFrame:
         base = {"run": str(run.path), "family": rec.family, "model": rec.model, "task": rec.task,
                 "target": METRIC_NAMES.get(rec.target, rec.target), "display": rec.display_name,
                 "seed": rec.seed, **rec.ledger, "gamma": cfg["method"].get("gamma"),
-                "scale": cfg["method"].get("scale"), "variant": variant(cfg["method"]), "whitening": rec.whitening}
+                "scale": cfg["method"].get("scale"), "variant": variant(cfg["method"]), "whitening": rec.whitening,
+                "option": cfg["method"].get("name", rec.method)}
         metrics = dict(rec.per_sample)
         for ev in run.evals():
             metrics |= ev.scores

@@ -1,76 +1,69 @@
-"""Quality measures no target reward sees: exact log-density, Frechet distance, diversity.
-
-The feature space for the Frechet distance and diversity is a PCA of 16 x 16 pooled pixels fitted on the
-real split C (independent of every reward's training data and architecture).
+"""The mini suite's quality evaluator (``mini_quality``): the measures of :mod:`ntrk_bench.mini.quality`
+and the hack detector - whether a sample's target attribute (boldness, exemplar likeness) lies beyond the
+largest value any real digit of the prompted class reaches.
 """
 from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy import linalg
 
 from ntrk_bench.mini import data
+from ntrk_bench.mini.quality import (FD_MIN_SAMPLES, diversity, fd_floor, fd_to_real, hf_share,
+                                     log_density_percentile)
 
 
 @lru_cache(maxsize=1)
-def _pca(dims: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    x = _pool(data.subset("C")[0])
-    mean = x.mean(0)
-    _, _, v = torch.linalg.svd(x - mean, full_matrices=False)
-    return mean, v[:dims].T
+def real_attribute_max() -> dict[str, torch.Tensor]:
+    """(10,) largest boldness and exemplar likeness any real digit of each class reaches (all splits; the
+    exemplar itself excluded from its own class)."""
+    from .mini import ExemplarReward, exemplars
+
+    images, labels, _ = data.digits()
+    prompts = [data.prompt_for(int(d)) for d in labels]
+    with torch.no_grad():
+        bold, like = data.boldness(images), ExemplarReward()(images, prompts)
+    like[exemplars()] = -1.0
+    return {"boldness": torch.stack([bold[labels == d].max() for d in range(10)]),
+            "exemplar_likeness": torch.stack([like[labels == d].max() for d in range(10)])}
 
 
-def _pool(pixels: torch.Tensor) -> torch.Tensor:
-    return F.avg_pool2d(pixels.float(), 4).flatten(1).double()
+def beyond_real(pixels: torch.Tensor, prompts) -> dict[str, list]:
+    """Each sample's target attributes and whether they exceed the real data's range for its digit (the
+    hack detector; prompts naming no digit are compared with the largest value of any digit)."""
+    from .mini import ExemplarReward
 
-
-def features(pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 32) PCA features of images in [0, 1]."""
-    mean, proj = _pca()
-    return (_pool(pixels) - mean) @ proj
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (B, d)."""
-    a, b = a.double().numpy(), b.double().numpy()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(ca @ cb)
-    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * covmean))
-
-
-def fd_to_real(pixels: torch.Tensor, split: str = "C") -> float:
-    """Frechet distance of generated images to the real images of ``split`` in PCA feature space."""
-    return frechet_distance(features(pixels), features(data.subset(split)[0]))
-
-
-def diversity(pixels: torch.Tensor) -> float:
-    """Mean pairwise Euclidean distance between samples in PCA feature space."""
-    f = features(pixels)
-    if len(f) < 2:
-        return float("nan")
-    d = torch.cdist(f, f)
-    n = len(f)
-    return float(d.sum() / (n * (n - 1)))
+    digits = [data.label_of(p) for p in prompts]
+    with torch.no_grad():
+        attributes = {"boldness": data.boldness(pixels.float()),
+                      "exemplar_likeness": ExemplarReward()(pixels, prompts)}
+    out = {}
+    for name, value in attributes.items():
+        top = real_attribute_max()[name]
+        limit = torch.stack([top.max() if d is None else top[d] for d in digits])
+        out[name] = value.tolist()
+        out[f"{name}_beyond_real"] = (value > limit).float().tolist()
+    return out
 
 
 class MiniQuality:
-    """The mini suite's quality evaluator: exact log-density per sample (from the saved latents), FD to real
-    split C and diversity per run."""
+    """The mini suite's quality evaluator. Per sample: speckle (``hf_share``), exact log-density and its
+    percentile among real digits, and the target attributes with their beyond-the-real-range flags; per run:
+    diversity, and the Frechet distance to real split C with its real-vs-real floor when the run has at least
+    ``FD_MIN_SAMPLES`` samples (the report pools runs to reach it)."""
 
     name = "mini_quality"
 
     def evaluate(self, pixels: torch.Tensor, prompts=None, latents=None) -> dict:
         from ntrk_bench.mini.exact import exact_mixture
 
-        out = {"diversity": diversity(pixels)}
-        if len(pixels) >= 8:
-            out["fd_to_real"] = fd_to_real(pixels)
+        prompts = list(prompts) if prompts is not None else [""] * len(pixels)
+        out = {"diversity": diversity(pixels), "hf_share": hf_share(pixels).tolist(), **beyond_real(pixels, prompts)}
+        if len(pixels) >= FD_MIN_SAMPLES:
+            out["fd_to_real"], out["fd_floor"] = fd_to_real(pixels), fd_floor(len(pixels))
         if latents and all(p.exists() for p in latents):
             x0 = torch.cat([torch.load(p) for p in latents])
-            out["log_density"] = exact_mixture().log_prob(x0).float().tolist()
+            log_density = exact_mixture().log_prob(x0)
+            out["log_density"] = log_density.float().tolist()
+            out["log_density_percentile"] = log_density_percentile(log_density).tolist()
         return out

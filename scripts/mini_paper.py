@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ["mini_paper", "mini_frontier", "mini_frontier_dps", "mini_ablation", "mini_gamma_auto"]
+EXPERIMENTS = ["mini_paper", "mini_exact_tier"]  # mini_frontier, mini_frontier_dps, mini_ablation, mini_gamma_auto: --only
 TASKS = ["mini_aesthetic", "mini_text"]
 
 
@@ -30,7 +30,7 @@ def worker(task: str, experiments: list[str], seeds: str, root: str) -> subproce
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--only", default=",".join(EXPERIMENTS))
     ap.add_argument("--root", default="results/runs")
     ap.add_argument("--out", default="results/mini")

@@ -15,8 +15,8 @@ import torch
 from ntrk_bench.config import load_group
 from ntrk_bench.generate import build_model, save_grid
 from ntrk_bench.mini.probe import KINDS, run_probe
-from rewards.mini import AlignReward
-from rewards.quality import fd_to_real
+from rewards.mini import ClassifierReward
+from ntrk_bench.mini.quality import fd_to_real
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     model = build_model(load_group("model", args.model))
     rows = {k: [] for k in KINDS}
     for seed in args.seeds:
-        res = run_probe(model, load_group("whitening", "full"), AlignReward("mini_align_heldout"), fd_to_real,
+        res = run_probe(model, load_group("whitening", "full"), ClassifierReward("mini_align_heldout"), fd_to_real,
                         where=args.where, seed=seed)
         for k in KINDS:
             rows[k].append(res[k])

@@ -91,7 +91,7 @@ def test_every_method_hands_model_reward_and_W_the_owners_device_and_dtype(case)
     model = counted(guard("model", flow))
     from ntrk_bench.config import build_reward
 
-    reward = build_reward("mini_ink")
+    reward = build_reward("mini_bold")
     p = Problem(FlowSDE(), model, "a handwritten 3", reward, cfg.steps, torch.Generator().manual_seed(0), guard=guard)
     res = method_of(cfg)(p)
     assert res.x0.dtype == torch.float64 and guard.checked > 0 and not guard.violations
@@ -114,7 +114,7 @@ def test_chunked_evaluation_gives_the_same_answer_and_nfe():
     out = {}
     for bs in (None, 3):
         model = counted(MiniLearnedFlow())
-        p = Problem(FlowSDE(), model, "a handwritten 5", build_reward("mini_ink"), 3, torch.Generator().manual_seed(2),
+        p = Problem(FlowSDE(), model, "a handwritten 5", build_reward("mini_bold"), 3, torch.Generator().manual_seed(2),
                     batch_size=bs)
         out[bs] = (method_of(cfg)(p).x0, model.counter.nfe, model.counter.calls)
     torch.testing.assert_close(out[None][0], out[3][0], rtol=1e-5, atol=1e-5)
@@ -142,15 +142,16 @@ def reference_whitening(monkeypatch):
 
 
 def test_mini_outputs_are_bitwise_those_of_the_code_before_the_restructure(tmp_path, reference_whitening, capsys):
-    """Every method's latents, recorded by the generation stage of the previous layout (same seeds, one
-    thread), hash to the same bytes."""
+    """Every method's latents, recorded by the generation stage of the previous layout (commit 243dd5a; same
+    seeds, one thread, the target classifier mini_align as target; gamma fixed where the default is auto, whose fade below its cap
+    came later), hash to the same bytes."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for name, case in REFERENCE.items():
             d = tmp_path / name
             cfg = composed(*case["overrides"].split(), "steps=5", "evaluate=false", "progress=false",
-                           "task.prompts=[a handwritten 3,a handwritten 7]", f"out_dir={d}")
+                           "task.prompts=[a handwritten 3,a handwritten 7]", "task.target=mini_align", f"out_dir={d}")
             generate(cfg)
             run = RunDir(d)
             got = [hashlib.sha256(torch.load(p).contiguous().numpy().tobytes()).hexdigest() for p in run.latents()]

@@ -118,7 +118,7 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_items(tmp_path):
     for d in sorted((tmp_path / "ref" / "items").iterdir()):
         assert torch.equal(torch.load(d / "latent.pt"), torch.load(run / "items" / d.name / "latent.pt")), d.name
     summary = json.loads((run / "record.json").read_text())
-    assert summary["nfe_per_sample"] == 25 and len(summary["per_sample"]["mini_ink"]) == 10
+    assert summary["nfe_per_sample"] == 25 and len(summary["per_sample"]["mini_bold"]) == 10
 
 
 def test_outputs_are_per_configuration_and_never_mixed(tmp_path):

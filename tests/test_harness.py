@@ -122,13 +122,13 @@ def test_evaluation_stage_scores_every_run_once_and_resumes(small_sweep):
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     for r in runs:
-        assert sorted(p.stem for p in (r / "eval").glob("*.json")) == ["mini_align_heldout", "mini_ink_heldout",
+        assert sorted(p.stem for p in (r / "eval").glob("*.json")) == ["mini_align_heldout", "mini_bold_heldout",
                                                                        "mini_quality"]
     stamp = {p: p.stat().st_mtime_ns for p in (small_sweep / "runs").rglob("eval/*.json")}
-    (runs[0] / "eval" / "mini_ink_heldout.json").unlink()  # as if killed before this file
+    (runs[0] / "eval" / "mini_bold_heldout.json").unlink()  # as if killed before this file
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert again.returncode == 0 and (runs[0] / "eval" / "mini_ink_heldout.json").exists()
-    redone = runs[0] / "eval" / "mini_ink_heldout.json"
+    assert again.returncode == 0 and (runs[0] / "eval" / "mini_bold_heldout.json").exists()
+    redone = runs[0] / "eval" / "mini_bold_heldout.json"
     assert all(p.stat().st_mtime_ns == t for p, t in stamp.items() if p != redone)  # nothing else recomputed
 
 
@@ -140,15 +140,15 @@ def test_an_evaluator_in_another_environment_gives_the_same_scores(small_sweep, 
                if p.parent.parent.name != "items" and "ntrk" in str(p))
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval"))
-    out = subprocess.run([sys.executable, "-m", "ntrk_bench.evaluate", str(copy), "--only", "mini_ink_heldout",
-                          "--env", f"mini_ink_heldout={sys.executable}", "--no-progress"],
+    out = subprocess.run([sys.executable, "-m", "ntrk_bench.evaluate", str(copy), "--only", "mini_bold_heldout",
+                          "--env", f"mini_bold_heldout={sys.executable}", "--no-progress"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0 and "in its own environment" in out.stdout, out.stderr[-2000:]
     from ntrk_bench.evaluate import score_run
 
-    isolated = json.loads((copy / "eval" / "mini_ink_heldout.json").read_text())["scores"]
-    local = score_run(copy, "mini_ink_heldout").scores
-    assert isolated == local and len(local["mini_ink_heldout"]) == 3
+    isolated = json.loads((copy / "eval" / "mini_bold_heldout.json").read_text())["scores"]
+    local = score_run(copy, "mini_bold_heldout").scores
+    assert isolated == local and len(local["mini_bold_heldout"]) == 3
 
 
 def test_tables_match_the_records(small_sweep, tmp_path):
@@ -174,14 +174,14 @@ def test_tables_match_the_records(small_sweep, tmp_path):
         for rec in (small_sweep / "runs").rglob("record.json"):
             r = json.loads(rec.read_text())
             if r.get("method") == method and "ledger" in r:
-                values += r["per_sample"]["mini_ink"]
+                values += r["per_sample"]["mini_bold"]
         mean = sum(values) / len(values)
-        cell = table.loc[table["method"] == method, "mini_ink"].item()
+        cell = table.loc[table["method"] == method, "mini_bold"].item()
         assert float(cell.split(" ± ")[0]) == pytest.approx(mean, rel=1e-3), (method, cell, mean)
     for suffix in (".md", ".tex"):
         assert (out / f"mini_aesthetic_mini_exact{suffix}").read_text().count("ntrk") >= 1
     assert (out / "mini_aesthetic_mini_exact_reward_vs_nfe.png").stat().st_size > 0
-    assert (out / "mini_aesthetic_mini_exact_frontier_mini_ink_heldout.png").stat().st_size > 0
+    assert (out / "mini_aesthetic_mini_exact_frontier_mini_bold_heldout.png").stat().st_size > 0
 
 
 def test_paper_tables_keep_the_papers_rows_and_mark_missing_cells():
@@ -208,16 +208,17 @@ def test_wandb_run_ids_are_deterministic_per_job_and_offline(tmp_path, monkeypat
 
 
 def test_results_report_is_generated_from_the_records(small_sweep, tmp_path):
-    """docs/RESULTS.md's generator: every claim section is there and its numbers are the records' means."""
+    """docs/RESULTS.md's generator: its sections are there and its numbers are the records' means."""
     from ntrk_bench.report import build
 
     subprocess.run([sys.executable, "-m", "ntrk_bench.evaluate", str(small_sweep / "runs"), "--no-progress"],
                    check=True, cwd=ROOT, capture_output=True, timeout=600)
     text = build(small_sweep / "runs", tmp_path / "tables", tmp_path / "RESULTS.md")
-    for header in ("## Claim 1", "## Claim 2", "## Frontiers", "## Claim 3", "## The dimension-aware γ"):
-        assert header in text
+    for header in ("## The tasks", "## Exact tier (with the baselines): mini_aesthetic", "Paired differences",
+                   "## NTRK's injection across steps", "## Two baseline anomalies"):
+        assert header in text, header
     values = [v for rec in (small_sweep / "runs").rglob("record.json") if "ledger" in (r := json.loads(rec.read_text()))
-              and r["method"] == "ntrk" for v in [sum(r["per_sample"]["mini_ink"]) / 3]]
+              and r["method"] == "ntrk" for v in [sum(r["per_sample"]["mini_bold"]) / 3]]
     mean = sum(values) / len(values)  # mean over seeds of per-seed means: the report's convention
-    row = next(line for line in text.splitlines() if line.startswith("| mini_exact | mini_aesthetic | auto"))
+    row = next(line for line in text.splitlines() if line.startswith("| NTRK (25) "))
     assert f"{mean:.3g}" in row, (row, mean)

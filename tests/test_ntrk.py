@@ -112,3 +112,63 @@ def test_mean_shift_control_moves_the_mean_by_ntrks_expected_noise(setup):
     tilt = ntrk_rule(0.3, W)(ev, eps, 5) - math.sqrt(1 - 0.3 ** 2) * eps  # NTRK's noise minus its fresh part
     torch.testing.assert_close(shift, std * tilt, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(shift, std * 0.3 * W(ev.grad))
+
+
+def test_auto_gamma_fades_where_whitening_erases_the_gradient():
+    """Below the cos at which auto reaches its cap, gamma falls with cos (continuously) instead of holding the
+    cap: a direction W left almost orthogonal to g gets little of the noise."""
+    from ntrk_bench.ntrk import strength_gamma
+
+    d, strength, cap = 4096, 7.68, 0.95
+    g = torch.zeros(5, d)
+    g[:, 0] = 1.0
+    cos = torch.tensor([0.5, 0.2, strength / (cap * 64), 0.05, 0.01])
+    w = torch.zeros(5, d)
+    w[:, 0], w[:, 1] = cos, (1 - cos.square()).sqrt()
+    gamma = strength_gamma(g, w, strength, cap)
+    torch.testing.assert_close(gamma[:3], (strength / (cos[:3] * 64)).clamp(max=cap))
+    assert gamma[2] == pytest.approx(cap) and gamma[3] < 0.4 * cap and gamma[4] < 0.08 * cap
+    torch.testing.assert_close(gamma[3:], cap * cos[3:] / cos[2])
+
+
+def test_decorrelated_injection_keeps_alignment_and_typicality_but_stops_repeating(setup):
+    """decorrelate: W of a shifted gradient, shifted back. As typical as W(g) itself under the whitening
+    diagnostics, as aligned with g, and consecutive injections much less alike for a slowly changing
+    gradient (W's own ~0.85: the texture that piles up)."""
+    from ntrk_bench import diagnostics as D
+    from ntrk_bench.fields import smooth_field
+    from ntrk_bench.ntrk import shifted_whitening
+
+    _, _, W = setup
+    g = smooth_field((2, *SHAPE), 3)
+    g_next = g + 0.05 * smooth_field((2, *SHAPE), 4)  # the next step's, nearly the same gradient
+    w, w_next = W(g), W(g_next)
+    moved, moved_next = shifted_whitening(W, g, (7, 19)), shifted_whitening(W, g_next, (23, 5))
+    cos = lambda a, b: torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)  # noqa: E731
+    assert cos(w, w_next).min() > 0.8 and cos(moved, moved_next).max() < 0.45  # measured 0.85 / 0.27
+    assert (cos(moved, g) > 0.8 * cos(w, g)).all()  # measured 0.27 against 0.24
+    torch.testing.assert_close(moved.flatten(1).norm(dim=1), w.flatten(1).norm(dim=1), rtol=0.05, atol=0)
+    plain, shifted = D.typicality(w[:1], SHAPE), D.typicality(moved[:1], SHAPE)
+    for key in ("value_ks", "tile_energy_ks", "tile_mean_ks", "spectral_flatness"):  # tile energy 0.22 vs 0.18
+        assert abs(shifted[key] - plain[key]) < 0.06, (key, shifted[key], plain[key])
+
+
+def test_a_run_records_how_much_ntrks_injection_repeated(setup):
+    """The trace: consecutive whitened gradients are alike, the summed injection outgrows independent steps;
+    with decorrelate the repetition is gone."""
+    from ntrk_bench.method import Problem
+    from ntrk_bench.ntrk import NTRK
+
+    model, value, _ = setup
+    reward = lambda pixels, prompts=None: value(pixels)  # noqa: E731  (the model decodes to its latent)
+    out = {}
+    for decorrelate in (False, True):
+        problem = Problem(FlowSDE(), model, "", reward, 10, torch.Generator().manual_seed(3))
+        res = NTRK(gamma=0.5, decorrelate=decorrelate, whitening=dict(load_group("whitening", "full")))(problem)
+        out[decorrelate] = res.info["diagnostics"]
+    paper, moved = out[False], out[True]
+    assert set(paper) == {"w_step_cos", "injected_sum_norm", "fresh_sum_norm", "injected_independent_norm"}
+    assert paper["w_step_cos"] > 0.5 and paper["injected_sum_norm"] > 1.5 * paper["injected_independent_norm"]
+    assert moved["w_step_cos"] < 0.6 * paper["w_step_cos"]
+    assert moved["injected_sum_norm"] / moved["injected_independent_norm"] < 0.8 * (
+        paper["injected_sum_norm"] / paper["injected_independent_norm"])

@@ -130,11 +130,11 @@ def test_a_garbled_evaluation_is_redone_and_tables_name_it(finished, capsys):
     from ntrk_bench.evaluate import evaluate
 
     run, _ = finished
-    evaluate([run], only=["mini_ink_heldout"], progress=False)
-    run.eval_path("mini_ink_heldout").write_text("[garbled")
-    assert not run.has_eval("mini_ink_heldout")
-    evaluate([run], only=["mini_ink_heldout"], progress=False)
-    assert run.read_eval("mini_ink_heldout").scores["mini_ink_heldout"]
+    evaluate([run], only=["mini_bold_heldout"], progress=False)
+    run.eval_path("mini_bold_heldout").write_text("[garbled")
+    assert not run.has_eval("mini_bold_heldout")
+    evaluate([run], only=["mini_bold_heldout"], progress=False)
+    assert run.read_eval("mini_bold_heldout").scores["mini_bold_heldout"]
 
 
 # ----------------------------------------------------------------------------- 4. a multirun survives a bad job
@@ -202,7 +202,10 @@ def test_concurrent_identical_runs_share_the_items_instead_of_redoing_them(tmp_p
 
 
 @pytest.mark.parametrize("override,message", [("out_dir={tmp}/file/run", "is a file, not a folder"),
-                                              ("logger=wandb", "logger=wandb needs wandb")])
+                                              ("logger=wandb", "logger=wandb needs wandb"),
+                                              ("seed=1e20", "seed"),  # a bad value: no empty run folder
+                                              ("hydra.run.dir={tmp}/runs", "set out_dir=PATH instead"),
+                                              ("+eval_envs.nosuch=/bin/sh", "eval_envs.nosuch")])
 def test_command_line_errors_are_one_line_before_anything_is_created(tmp_path, override, message):
     pytest.importorskip("hydra")
     if override.startswith("logger") and __import__("importlib").util.find_spec("wandb"):
@@ -213,3 +216,64 @@ def test_command_line_errors_are_one_line_before_anything_is_created(tmp_path, o
     out = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _write_many(path, tag, n):
+    from ntrk_bench.io import write_json_atomic
+
+    for i in range(n):
+        write_json_atomic(path, {"writer": tag, "i": i, "pad": "x" * 20_000})
+
+
+def test_concurrent_writers_of_one_file_never_publish_a_half_written_copy(tmp_path):
+    """Concurrent identical runs all write the run's summary and grid: each writer has its own temporary
+    file, so no rename fails and every read parses."""
+    import multiprocessing
+
+    path = tmp_path / "record.json"
+    ctx = multiprocessing.get_context("fork")
+    writers = [ctx.Process(target=_write_many, args=(path, t, 150)) for t in range(2)]
+    for w in writers:
+        w.start()
+    reads = 0
+    while any(w.is_alive() for w in writers):
+        if path.exists():
+            json.loads(path.read_text())
+            reads += 1
+    for w in writers:
+        w.join()
+    assert all(w.exitcode == 0 for w in writers) and reads > 0
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_evaluate_names_damaged_items_and_bad_envs_in_one_line(finished, capsys):
+    from ntrk_bench.evaluate import main
+
+    run, _ = finished
+    name = run.read_summary().items[0]
+    held = run.held_out()[0]
+    for args, message in ((["--env", held], "NAME=PYTHON"), (["--env", "nosuch=/bin/sh"], "holds it out"),
+                          (["--env", f"{held}=/nonexistent/python"], "no such interpreter")):
+        with pytest.raises(SystemExit) as err:
+            main([str(run.path), "--no-progress", *args])
+        assert message in str(err.value), err.value
+    (run.item_dir(name) / "record.json").write_text('{"index": 0, "pro')
+    with pytest.raises(SystemExit) as err:
+        main([str(run.path), "--no-progress"])
+    assert err.value.code == 1 and f"item {name}: record.json does not read back" in capsys.readouterr().err
+
+
+def test_a_read_only_out_dir_is_one_line(tmp_path):
+    """A read-only file system (a tmpfs mounted read-only: root can write into any read-only folder)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only file system here")
+    try:
+        args = [sys.executable, str(ROOT / "run.py"), f"out_dir={ro}/run", "model=mini_exact", "steps=2",
+                "progress=false"]
+        out = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+            f"error: out_dir='{ro}/run': {ro} is not writable"]
+    finally:
+        subprocess.run(["umount", str(ro)])

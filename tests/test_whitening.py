@@ -11,7 +11,8 @@ from ntrk_bench.config import load_group
 from ntrk_bench.whitening import Whitening, make_domain, project_2os, project_block_norms, project_norm, project_tile_stats, two_level_bounds
 from ntrk_bench.whitening.census import OpCensus
 from ntrk_bench.whitening.domains import butterfly, hadamard_along, hadamard_factors
-from ntrk_bench.whitening.project import PACKED_SORT_MIN, groups, sort_clip_unsort, ungroup
+from ntrk_bench.whitening.project import (PACKED_SORT_MIN, ROW_SORT_MIN_CHUNK, groups, nested_runs, project_tile_stats_nested,
+                                         sort_clip_unsort, ungroup)
 
 FLUX = (16, 64, 64)
 LEVEL = 0.999
@@ -24,6 +25,12 @@ def cos(a, b):
 @pytest.fixture(scope="module")
 def W():
     return Whitening(load_group("whitening", "full"), FLUX)
+
+
+@pytest.fixture(scope="module")
+def noise_ref():
+    """The range of every typicality statistic over 64 fresh N(0, I) latents."""
+    return D.noise_reference(FLUX, n=64, seed=11)
 
 
 # ----------------------------------------------------------------------------- bounds
@@ -135,6 +142,41 @@ def test_batched_sort_clip_unsort_is_the_two_sort_definition(m, c):
     assert torch.equal(both[0], _two_sorts(pair[0], lo, hi)) and torch.equal(both[1], _two_sorts(pair[1], lo2, hi2))
 
 
+@pytest.mark.parametrize("batch,k", [(1, 2), (1, 4), (2, 2), (2, (2, 4))])
+def test_field_2os_is_the_two_sort_definition(batch, k):
+    """The field-layout packed 2OS (keys built in the field's own layout, one scatter back to field indices;
+    2 x 2 chunks sorted as one long row-tagged sort, chunks of >= ROW_SORT_MIN_CHUNK entries as rows) is the
+    definition on the chunk matrix of ``groups``, bit for bit on tie-free input."""
+    shape = (batch, 16, 64, 64)
+    n = math.prod(shape)
+    gen = torch.Generator().manual_seed(21)
+    x = torch.linspace(-4.5, 4.5, n)[torch.randperm(n, generator=gen)].view(shape)  # no ties
+    g = groups(x, k)
+    assert g[0].numel() >= PACKED_SORT_MIN
+    lo, hi = (torch.as_tensor(b, dtype=torch.float32) for b in two_level_bounds(g.shape[1], g.shape[2], 0.9))
+    want = ungroup(_two_sorts(g, lo, hi), k, x.shape)
+    assert torch.equal(project_2os(x, k, 0.9, passes=1), want)
+    assert (g.shape[-1] >= ROW_SORT_MIN_CHUNK) == (k == 4 or k == (2, 4))
+
+
+@pytest.mark.parametrize("ks", [[4, 8, 16, 32], [2, (2, 4), (4, 8)]])
+def test_nested_tile_projections_compose_on_the_tile_statistics(ks, inputs):
+    """Composing nested tile projections on the finest tiles' statistics (parallel-axis identity) gives the
+    same field as projecting the field side after side, up to float round-off."""
+    for key, x in inputs.items():
+        x = x[None]
+        seq = x
+        for k in ks:
+            seq = project_tile_stats(seq, k, LEVEL, passes=1)
+        torch.testing.assert_close(project_tile_stats_nested(x, ks, LEVEL, passes=1), seq, atol=2e-4, rtol=1e-4)
+
+
+def test_nested_runs_split_where_tiles_stop_nesting():
+    assert nested_runs([4, 8, 16, 32]) == [[4, 8, 16, 32]]
+    assert nested_runs([4, [4, 8], [12, 8], [20, 26]]) == [[4, [4, 8], [12, 8]], [[20, 26]]]
+    assert nested_runs([8, 4]) == [[8], [4]]
+
+
 def test_tile_projection_matches_target_statistics(inputs):
     x = inputs["ramp"][None]
     y = project_tile_stats(x, 8, LEVEL)
@@ -233,7 +275,7 @@ def test_fresh_noise_passes_essentially_unchanged(W):
     assert min(cos(o, x) for o, x in zip(out, z)) >= 0.9999
 
 
-def test_structured_inputs_come_out_with_gaussian_statistics(W):
+def test_structured_inputs_come_out_with_gaussian_statistics(W, noise_ref):
     """Value KS, per-tile chi-square KS and spectral flatness of whitened structured inputs fall in the range
     that fresh noise shows (64 draws); before whitening they are far outside it.
 
@@ -242,7 +284,7 @@ def test_structured_inputs_come_out_with_gaussian_statistics(W):
     starting at 0.556 - because every projection preserves the input's rank order, which for these inputs
     is ordered by frequency. The test pins that shortfall at under 1% of the noise minimum.
     """
-    ref = D.noise_reference(FLUX, n=64, seed=11)
+    ref = noise_ref
     for name, x in D.structured_inputs(FLUX).items():
         before = D.typicality(x, FLUX)
         assert before["spectral_flatness"] < 0.45 and before["tile_energy_ks"] > 0.1, (name, before)
@@ -314,10 +356,9 @@ def test_comparators():
     assert c_wgnc < 0.999 < 0.9999 <= c_full
 
 
-def test_ablation_components_whiten_progressively():
+def test_ablation_components_whiten_progressively(noise_ref):
     x = D.structured_inputs(FLUX)["smooth"][None]
-    ref = D.noise_reference(FLUX, n=16, seed=2)
-    lo, hi = ref["spectral_flatness"]
+    lo, hi = noise_ref["spectral_flatness"]
     flat = {n: D.spectral_flatness(Whitening(load_group("whitening", n), FLUX)(x)[0], FLUX) for n in ("twoos", "tiles", "full")}
     # entrywise and tile constraints alone leave the spectrum of a smooth field structured (Fig. 13's first
     # rows); the orthogonal domains are what flattens it

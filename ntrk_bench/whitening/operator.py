@@ -8,7 +8,10 @@ W maps an arbitrary latent-shaped tensor (e.g. a reward gradient) to a typical-l
    nothing. ``"none"`` passes the raw input (the identity comparator of App. B.7 uses it).
 2. **Blocks**, applied in order. Each block picks an orthogonal domain (spatial, compact Fourier, or
    Hadamard-style butterflies, full or tiled), and inside it applies 2OS projections for every chunk side,
-   then tile mean/energy projections for every tile side, ``repeats`` times, then maps back.
+   then tile mean/energy projections for every tile side, ``repeats`` times, then maps back. Every
+   projection sees the previous one's output (sequential, as the paper composes them); tile sides that nest
+   (each a multiple of the first) are applied as one composition on the finest tiles' statistics
+   (``project.project_tile_stats_nested``: the same maps, the field read and written once).
 
 Shapes: the last ``len(event_shape)`` dims of the input form one sample; any leading dims are batch. An
 event (C, ..., H, W) is viewed as a (C', H, W) field with C' the product of the non-spatial event dims.
@@ -30,8 +33,8 @@ import torch
 
 from .bounds import two_level_bounds
 from .domains import make_domain
-from .project import (patch_dims, project_2os, project_block_norms, project_norm, project_tile_stats, stat_chunk_side,
-                      tiles)
+from .project import (nested_runs, patch_dims, project_2os, project_block_norms, project_norm,
+                      project_tile_stats_nested, stat_chunk_side, tiles)
 
 
 @dataclass
@@ -123,8 +126,8 @@ class Whitening:
             for _ in range(block.repeats):
                 for k in block.chunks:
                     q = project_2os(q, k, level, ("normal",), cache, passes)
-                for k in block.tiles:
-                    q = project_tile_stats(q, k, level, self.cfg.stat_chunk, cache, passes)
+                for run in nested_runs(block.tiles):  # the sides in order, nested ones composed
+                    q = project_tile_stats_nested(q, run, level, self.cfg.stat_chunk, cache, passes)
                 for k in block.block_norms:
                     q = project_block_norms(q, k)
             y = domain.inverse(q)

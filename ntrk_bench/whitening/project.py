@@ -5,7 +5,9 @@ All functions take a float32 tensor of shape (B, C, H, W) - a batch of "fields" 
 constraints see local spatial structure; ``groups`` / ``ungroup`` convert between the field and the
 (B, m, kh*kw) matrix whose rows are the patches, and ``tiles`` views the field as (B, C, H/kh, kh, W/kw, kw)
 without copying. The same layout is used in every transform domain, because every domain maps (C, H, W) to
-(C, H, W) (see ``domains.py``).
+(C, H, W) (see ``domains.py``). Large 2OS projections never build the chunk matrix: they sort packed integer
+keys made in the field's own layout and scatter the clipped values straight back to it
+(:func:`packed_two_level_clip`).
 
 Everything here runs on the input's device with a static sequence of tensor operations: no value is read
 back to Python and no branch depends on the data, so the projections run unchanged under ``torch.compile``
@@ -54,59 +56,169 @@ def ungroup(g: torch.Tensor, k, shape: torch.Size) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- 2OS (Prop. B.3, eqs. 85-86)
-@torch.library.custom_op("ntrk_bench::sort_keys", mutates_args=())
-def sort_keys(keys: torch.Tensor) -> torch.Tensor:
-    """Ascending sort of a 1-D int64 tensor of distinct keys (values only): a radix sort (``torch.sort``) on
-    accelerators; on CPU NumPy's ``np.sort``, whose SIMD introsort (x86-simd-sort) beats ``torch.sort`` on
-    long int64 rows several times over (measured by ``scripts/bench_whitening.py``). A custom op, so that
-    ``torch.compile`` treats it as one opaque call on every device."""
-    return keys.sort().values
+# The sorts are operators of their own ("ntrk_bench::..."), so that ``torch.compile`` and the dispatch-mode
+# census see each as one opaque call on every device: ``torch.sort`` (a radix sort on accelerators) by
+# default, NumPy's ``np.sort`` (its SIMD quicksort, x86-simd-sort) on CPU, which beats ``torch.sort`` on
+# int64 keys several times over (``scripts/bench_whitening.py``). They are registered with
+# ``torch.library.Library`` rather than ``torch.library.custom_op``: the latter's Python wrapper costs ~60 us
+# per call on CPU against ~12 us, and one call of W issues dozens of sorts.
+_OPS = torch.library.Library("ntrk_bench", "DEF")
+_OPS.define("sort_keys(Tensor keys) -> Tensor")
+_OPS.define("sort_rows(Tensor keys) -> Tensor")
 
 
-@sort_keys.register_kernel("cpu")
+def _sort_keys_default(keys: torch.Tensor) -> torch.Tensor:
+    return keys.sort(dim=-1).values
+
+
 def _sort_keys_cpu(keys: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(np.sort(keys.numpy()))
+    return torch.from_numpy(np.sort(keys.numpy(), axis=-1))
 
 
-@sort_keys.register_fake
-def _sort_keys_fake(keys: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(keys)
+for _name in ("sort_keys", "sort_rows"):
+    _OPS.impl(_name, _sort_keys_default, "CompositeExplicitAutograd")
+    _OPS.impl(_name, _sort_keys_cpu, "CPU")
+
+
+def sort_keys(keys: torch.Tensor) -> torch.Tensor:
+    """Ascending sort of a 1-D int64 tensor of distinct keys (values only)."""
+    return torch.ops.ntrk_bench.sort_keys(keys)
+
+
+def sort_rows(keys: torch.Tensor) -> torch.Tensor:
+    """Ascending sort of every row of a 2-D int64 tensor (values only): for rows of 8 and more keys it beats
+    one long sort of row-tagged keys (n log c instead of n log n work)."""
+    return torch.ops.ntrk_bench.sort_rows(keys)
 
 
 def ordered_int32(x: torch.Tensor) -> torch.Tensor:
     """float32 -> int32 with the same order: IEEE 754 bit patterns of negative numbers run backwards, so
     their 31 magnitude bits are flipped (the classic radix-sort key for floats; -0.0 sorts just below +0.0)."""
     bits = x.view(torch.int32)
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (bits >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(bits)
 
 
-#: Below this many entries per matrix, the across-chunk sort is a plain row sort of the transposed matrices
-#: (fewer operations; small sorts are cheap); from it on, one sort of packed int64 keys (``sort_clip_unsort``).
+#: Below this many entries per matrix (per sample of a field), 2OS sorts rows and transposed columns with
+#: ``torch.sort`` (few operations; small sorts are cheap); from it on, two sorts of packed int64 keys
+#: (:func:`packed_two_level_clip`).
 PACKED_SORT_MIN = 1 << 14
 
 
-def packed_key_tables(n_mat: int, m: int, c: int, device, cache: dict | None = None):
-    """Static tables of the packed across-chunk sort of ``n_mat`` (m, c) matrices, memoised per device.
+#: From this chunk size on, the within-chunk sort sorts the chunks as rows (:func:`sort_rows`, keys laid out
+#: chunk by chunk); below it, one long sort of keys carrying their chunk (row) in the high bits.
+ROW_SORT_MIN_CHUNK = 8
+#: Field-layout within-chunk keys are sorted in blocks of at most this many keys holding whole rows of chunks
+#: (every key of a block sorts after the previous block's, because the chunk index leads the key): the same
+#: result as one sort of all keys, with less work (n log block) on pieces that stay in cache.
+SORT_BLOCK = 4096
 
-    key = segment << (32 + r_bits) | ordered value << r_bits | row, with segment = matrix * c + inner rank
-    and the value's 32 order-preserving bits offset by 2^31 to be non-negative; equal values are thus
-    ranked in chunk order. Returns ``base`` (the key without the value, (n_mat, m, c)), ``r_bits`` and
-    ``position`` ((n_mat, c, 1): flat index in the matrices of row 0 of each segment; row r sits r * c on).
+
+def packed_tables(shape: tuple, k, device, cache: dict | None = None):
+    """Static tables of the packed 2OS of an (N, C, H, W) field with kh x kw chunks, memoised per device.
+
+    Rows are the chunks in (N, C, H/kh, W/kw) order (as :func:`groups` lists them), ``offset`` = a * W + b
+    the position of entry (a, b) inside its chunk relative to the chunk's first entry in the field.
+
+    * within-chunk key: ``row | value | offset``, laid out like the field (one long sort: where a key
+      starts does not matter); or, for chunks of ``ROW_SORT_MIN_CHUNK`` or more entries, ``value | offset``
+      laid out chunk by chunk, (N, C, H/kh, W/kw, kh, kw), for a sort of every row;
+    * across-chunk key: ``sample | inner rank | value | field index`` (the flat index in the whole field).
+
+    ``value`` is the order-preserving int32 (:func:`ordered_int32`) offset by 2^31 (32 non-negative bits).
+    Returns ``base1`` (the within-chunk key without its value), its shift ``ob``, ``shift2`` (the
+    across-chunk key minus the sorted within-chunk key, less the value's contribution; see
+    :func:`packed_two_level_clip`), the across-chunk key's value shift ``fb`` and its index mask.
     """
-    key = ("packed", n_mat, m, c, str(device))
+    key = ("packed2", tuple(shape), patch_dims(k), str(device))
     if cache is not None and key in cache:
         return cache[key]
-    r_bits = max(1, (m - 1).bit_length())
-    if (n_mat * c - 1).bit_length() + 32 + r_bits > 63:
-        raise ValueError(f"{n_mat} chunk matrices of {m} x {c} do not fit a 63-bit sort key")
-    seg = torch.arange(n_mat * c, dtype=torch.int64, device=device).view(n_mat, 1, c)
-    row = torch.arange(m, dtype=torch.int64, device=device).view(1, m, 1)
-    base = (seg << (32 + r_bits)) + ((1 << 31) << r_bits) + row
-    position = (seg // c) * (m * c) + seg % c
-    tables = (base, r_bits, position.view(n_mat, c, 1))
+    n_s, c_, h, w = shape
+    kh, kw = patch_dims(k)
+    c, hb, wb = kh * kw, h // kh, w // kw
+    m = c_ * hb * wb  # chunks per sample
+    n_rows, n_all = n_s * m, n_s * c_ * h * w
+    ob = max(1, ((kh - 1) * w + kw - 1).bit_length())
+    rb = max(1, (n_rows - 1).bit_length())
+    fb = max(1, (n_all - 1).bit_length())
+    jb = max(1, (c - 1).bit_length())
+    sb = (n_s - 1).bit_length()
+    if rb + 32 + ob > 63 or sb + jb + 32 + fb > 63:
+        raise ValueError(f"a {tuple(shape)} field with {kh}x{kw} chunks does not fit a 63-bit sort key")
+    i64 = dict(dtype=torch.int64, device=device)
+    by_rows = c >= ROW_SORT_MIN_CHUNK
+    offset = torch.arange(kh, **i64).view(kh, 1, 1) * w + torch.arange(kw, **i64)  # (kh, 1, kw)
+    if by_rows:  # chunk layout, no row bits
+        row = torch.zeros(n_rows, **i64).view(n_s, c_, hb, wb, 1, 1)
+        base1 = row + ((1 << 31) << ob) + offset.view(kh, kw)
+    else:  # field layout (n_s, c_, h, w)
+        row = torch.arange(n_rows, **i64).view(n_s, c_, hb, 1, wb, 1)
+        base1 = ((row << (32 + ob)) + ((1 << 31) << ob) + offset).view(shape)
+    # in the sorted within-chunk keys, position p holds row p // c with inner rank j = p % c
+    p = torch.arange(n_rows * c, **i64)
+    srow, j = p // c, p % c
+    sample, rest = srow // m, srow % m
+    ch, rest = rest // (hb * wb), rest % (hb * wb)
+    first = sample * (c_ * h * w) + ch * (h * w) + (rest // wb) * kh * w + (rest % wb) * kw  # chunk's first entry
+    static2 = (sample << (jb + 32 + fb)) + (j << (32 + fb)) + first
+    shift2 = static2 if by_rows else static2 - (srow << (32 + ob))
+    # the field-layout keys sort in blocks of whole chunk rows (a block's rows all follow the previous block's)
+    rows_per_block = max((d for d in range(1, hb + 1) if hb % d == 0 and d * kh * w <= SORT_BLOCK), default=1)
+    tables = (base1, ob, shift2, fb, (1 << fb) - 1, by_rows, rows_per_block * kh * w)
     if cache is not None:
         cache[key] = tables
     return tables
+
+
+def packed_two_level_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Tensor,
+                          cache: dict | None = None) -> torch.Tensor:
+    """One 2OS sort-clip-unsort pass on an (N, C, H, W) field with kh x kw chunks, as two sorts of packed
+    int64 keys (:func:`packed_tables`) and one scatter, without a layout copy of the field.
+
+    1. Within-chunk sort: keys ``row | value | offset`` (sorted in blocks of whole chunk rows, see
+       ``SORT_BLOCK``; chunks of ``ROW_SORT_MIN_CHUNK`` or more entries: ``value | offset`` sorted chunk by
+       chunk) list every chunk's entries in ascending order, chunk after chunk, so sorted position p holds
+       inner rank j = p % c of chunk p // c.
+    2. Across-chunk sort: from the sorted keys, ``sample | j | value | field index`` (built with two
+       integer ops; the row/rank/position parts are the static ``shift2``): sorted, they list, for every
+       sample and inner rank, the values in ascending order across chunks - the doubly sorted statistic
+       (outer rank i = position within the segment) - and carry each value's field index.
+    3. Clip each (j, i) into its bounds (``lo_t``, ``hi_t``: (.., c, m), the transposed (m, c) bounds) and
+       scatter the clipped values straight back to their field indices: both permutations undone at once.
+
+    Equal values are ranked by their position (within a chunk, then in the field), which can differ from
+    ``torch.sort``'s order of ties; on tie-free input the result is the same bit for bit as two
+    ``torch.sort`` calls and two scatters (``tests/test_whitening.py``).
+    """
+    base1, ob, shift2, fb, fmask, by_rows, block = packed_tables(tuple(x.shape), k, x.device, cache)
+    kh, kw = patch_dims(k)
+    c = kh * kw
+    values = ordered_int32(x).to(torch.int64)
+    if by_rows:  # the keys in chunk layout, each chunk a row
+        keys1 = torch.add(base1, tiles(values, k).permute(0, 1, 2, 4, 3, 5), alpha=1 << ob)
+        keys1 = sort_rows(keys1.view(-1, c)).view(-1)
+    else:  # sorted in blocks of whole chunk rows: the same order as one sort of all keys, in cache-sized pieces
+        keys1 = sort_rows(torch.add(base1, values, alpha=1 << ob).view(-1, block)).view(-1)
+    value_bits = (keys1 >> ob).bitwise_and_(0xFFFFFFFF)
+    # integer temporaries are updated in place: fewer live buffers, so the call stays in cache
+    keys2 = sort_keys(keys1.add_(shift2).add_(value_bits, alpha=(1 << fb) - (1 << ob)))
+    index = keys2.bitwise_and_(fmask)
+    flat = x.reshape(-1)
+    sorted_values = flat.take(index)
+    lead = lo_t.shape[:-2]
+    t = torch.clamp(sorted_values.view(*lead, -1, c, x[0].numel() // c), lo_t.unsqueeze(-3), hi_t.unsqueeze(-3))
+    return torch.empty_like(flat).scatter_(0, index, t.view(-1)).view(x.shape)
+
+
+def rowsort_two_level_clip(g: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor) -> torch.Tensor:
+    """One 2OS pass on a (..., m, c) stack of chunk matrices with two ``torch.sort`` calls (rows, then the
+    transposed columns as rows) and two scatters (the inverse permutations)."""
+    *lead, m, c = g.shape
+    x = g.reshape(-1, m, c).contiguous()
+    s1, i1 = x.sort(dim=-1)
+    s2, i2 = s1.transpose(-1, -2).contiguous().sort(dim=-1)
+    t = torch.clamp(s2.view(*lead, c, m), lo_t, hi_t).view(-1, c, m)
+    s1 = torch.empty_like(s2).scatter_(-1, i2, t).transpose(-1, -2)
+    return torch.empty_like(x).scatter_(-1, i1, s1).view(g.shape)
 
 
 def sort_clip_unsort(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, passes: int = 1,
@@ -115,17 +227,9 @@ def sort_clip_unsort(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, passes
 
     Sort within each chunk (rows), then across chunks for every inner rank (columns), clip each rank pair
     (i, j) into [lo_ij, hi_ij], and undo both permutations. ``lo`` / ``hi`` are (m, c) or broadcast against
-    ``g`` (e.g. (S, 1, m, c) for S statistics projected together in one sort).
-
-    Large matrices sort every column of every matrix in *one* 1-D sort of packed int64 keys (matrix and
-    inner rank in the high bits, the value's order-preserving bits (:func:`ordered_int32`) in the middle,
-    the row in the low bits; :func:`packed_key_tables`): the sorted keys list each column's values in
-    ascending order, column after column - exactly the order ``sort(dim=-2)`` gives - and carry the
-    permutation with them. Small ones (below ``PACKED_SORT_MIN`` entries) sort the transposed columns as rows. Either way the clipped values
-    go back by two scatters (the inverse permutations). Equal values are ranked in chunk order, which
-    can differ from ``torch.sort``'s order of ties, so tied entries may swap bounds; on noise there are no
-    ties and the result is the same bit for bit. (A random order of ties was tried: it left the whitened
-    ramp and checkerboard of the tests less typical.)
+    ``g`` (e.g. (S, 1, m, c) for S statistics projected together in one sort). Small matrices (below
+    ``PACKED_SORT_MIN`` entries) use :func:`rowsort_two_level_clip`, large ones the packed-key sorts of
+    :func:`packed_two_level_clip` on the matrices seen as fields with 1 x c chunks.
 
     Clipping keeps every column sorted (bounds increase with the outer rank), but it can reorder values
     *inside* a chunk, because a chunk's inner ranks sit at different outer ranks with different bounds.
@@ -139,35 +243,54 @@ def sort_clip_unsort(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, passes
     end in a small cycle that leaves a handful of entries up to ~2e-3 outside their bounds (measured on a
     pure smooth field).
     """
+    return clip_matrices(g, lo.transpose(-1, -2), hi.transpose(-1, -2), passes, cache)
+
+
+def clip_matrices(g: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor, passes: int = 1,
+                  cache: dict | None = None) -> torch.Tensor:
+    """:func:`sort_clip_unsort` with the bounds already transposed to (.., c, m), the across-chunk sort's
+    layout."""
     *lead, m, c = g.shape
-    n_mat = math.prod(lead)
-    lo_t, hi_t = lo.transpose(-1, -2), hi.transpose(-1, -2)  # (.., c, m): the across-chunk sort's layout
-    x = g.reshape(n_mat, m, c)
     packed = m * c >= PACKED_SORT_MIN  # per matrix, so that a sample's result does not depend on its batch
-    if packed:
-        base, r_bits, position = packed_key_tables(n_mat, m, c, g.device, cache)
+    x = g.contiguous()
     for _ in range(passes):
-        s1, i1 = x.sort(dim=-1)
         if packed:
-            keys = sort_keys(torch.add(base, ordered_int32(s1), alpha=1 << r_bits).flatten())
-            order = torch.add(position, (keys & ((1 << r_bits) - 1)).view(n_mat, c, m), alpha=c).flatten()
-            t = torch.clamp(s1.flatten().gather(0, order).view(*lead, c, m), lo_t, hi_t)
-            s1 = torch.empty_like(s1).flatten().scatter_(0, order, t.flatten()).view(n_mat, m, c)
+            n_mat = math.prod(lead)
+            x = packed_two_level_clip(x.view(n_mat, 1, m, c), (1, c), lo_t, hi_t, cache).view(g.shape)
         else:
-            s2, i2 = s1.transpose(-1, -2).contiguous().sort(dim=-1)
-            t = torch.clamp(s2.view(*lead, c, m), lo_t, hi_t).view(n_mat, c, m)
-            s1 = torch.empty_like(s2).scatter_(-1, i2, t).transpose(-1, -2)
-        x = torch.empty_like(x).scatter_(-1, i1, s1)
-    return x.view(g.shape)
+            x = rowsort_two_level_clip(x, lo_t, hi_t)
+    return x
+
+
+def transposed_bounds(m: int, c: int, level: float, ref: tuple, device, cache: dict):
+    """The (c, m) transposed bounds, contiguous, memoised per device: the across-chunk sort's layout."""
+    key = ("transposed", m, c, level, ref, str(device))
+    if key not in cache:
+        cache[key] = tuple(b.t().contiguous() for b in bounds_tensor(m, c, level, ref, device, cache))
+    return cache[key]
 
 
 def project_2os(x: torch.Tensor, k, level: float, ref: tuple = ("normal",), cache: dict | None = None,
                 passes: int = 16) -> torch.Tensor:
-    """2OS confidence-interval projection of a field with k x k chunks (eq. 86)."""
+    """2OS confidence-interval projection of a field with k x k chunks (eq. 86).
+
+    Large fields sort in their own layout (:func:`packed_two_level_clip`: no layout copy); small ones
+    through the chunk matrix of :func:`groups` (:func:`rowsort_two_level_clip`)."""
     cache = {} if cache is None else cache
-    g = groups(x, k)
-    lo, hi = bounds_tensor(g.shape[-2], g.shape[-1], level, ref, x.device, cache)
-    return ungroup(sort_clip_unsort(g, lo, hi, passes, cache), k, x.shape)
+    kh, kw = patch_dims(k)
+    tiles(x[:1], k)  # checks that the chunks tile the field
+    c = kh * kw
+    m = x[0].numel() // c
+    lo_t, hi_t = transposed_bounds(m, c, level, ref, x.device, cache)
+    if m * c < PACKED_SORT_MIN:
+        g = groups(x, k)
+        for _ in range(passes):
+            g = rowsort_two_level_clip(g, lo_t, hi_t)
+        return ungroup(g, k, x.shape)
+    x = x.contiguous()
+    for _ in range(passes):
+        x = packed_two_level_clip(x, k, lo_t, hi_t, cache)
+    return x
 
 
 # ----------------------------------------------------------------------------- tile statistics (Prop. B.4)
@@ -179,7 +302,8 @@ def stat_chunk_side(field_hw: tuple[int, int], stat_chunk: int) -> int:
 
 
 def tile_stat_bounds(x_shape, k, level: float, stat_chunk: int, device, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounds of the two tile statistics stacked as (2, 1, m, c), memoised per device, for the tile mean
+    """Bounds of the two tile statistics stacked as (2, 1, c, m) (transposed: the across-chunk sort's
+    layout, see :func:`clip_matrices`), memoised per device, for the tile mean
     and the tile's mean centred square, i.e. the statistics of eq. (91) over sqrt(s) and s: sqrt(s) * mean
     ~ N(0, 1) and the centred energy ~ chi2(s - 1). 2OS commutes with a positive scale a (sorting does,
     and clip(a v, lo, hi) = a clip(v, lo / a, hi / a)), so projecting the rescaled statistics against the
@@ -193,8 +317,103 @@ def tile_stat_bounds(x_shape, k, level: float, stat_chunk: int, device, cache: d
     if key not in cache:
         mean_b = bounds_tensor(m, kc * kc, level, ("normal",), device, cache)
         energy_b = bounds_tensor(m, kc * kc, level, ("chi2", s - 1), device, cache)
-        cache[key] = tuple(torch.stack([a / math.sqrt(s), b / s])[:, None] for a, b in zip(mean_b, energy_b))
+        cache[key] = tuple(torch.stack([a / math.sqrt(s), b / s])[:, None].transpose(-1, -2).contiguous()
+                           for a, b in zip(mean_b, energy_b))
     return cache[key]
+
+
+def nested_runs(ks: list) -> list[list]:
+    """Split a sequence of tile sides into maximal runs whose tiles are unions of the run's first tile
+    (each side a multiple of the first's), the runs :func:`project_tile_stats_nested` composes exactly."""
+    runs: list[list] = []
+    for k in ks:
+        kh, kw = patch_dims(k)
+        if runs:
+            h0, w0 = patch_dims(runs[-1][0])
+            if kh % h0 == 0 and kw % w0 == 0:
+                runs[-1].append(k)
+                continue
+        runs.append([k])
+    return runs
+
+
+def _project_stats(mean: torch.Tensor, mean_sq: torch.Tensor, k, level: float, stat_chunk: int, cache: dict,
+                   passes: int) -> torch.Tensor:
+    """2OS (eq. 93) of a tile-mean and a tile-mean-square field (B, C, fh, fw) in one batched
+    sort-clip-unsort, chunked stat_chunk x stat_chunk so that neighbouring tiles share a chunk; returns the
+    two target fields stacked, (2, B, C, fh, fw), contiguous."""
+    b, c, fh, fw = mean.shape
+    kc = stat_chunk_side((fh, fw), stat_chunk)
+
+    def chunked(f):  # (b, c, fh, fw) -> (b, c, fh/kc, fw/kc, kc, kc) view: rows of the 2OS chunk matrices
+        return f.view(b, c, fh // kc, kc, fw // kc, kc).permute(0, 1, 2, 4, 3, 5)
+
+    stats = torch.stack([chunked(mean), chunked(mean_sq)])  # contiguous (2, b, m, kc * kc)
+    lo, hi = tile_stat_bounds((b, c, fh * patch_dims(k)[0], fw * patch_dims(k)[1]), k, level, stat_chunk,
+                              mean.device, cache)
+    target = clip_matrices(stats.view(2, b, -1, kc * kc), lo, hi, passes, cache).view(stats.shape)
+    return target.permute(0, 1, 2, 3, 5, 4, 6).reshape(2, b, c, fh, fw)  # back to the field's tile order
+
+
+def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chunk: int = 2,
+                              cache: dict | None = None, passes: int = 16, rel_eps: float = 1e-10) -> torch.Tensor:
+    """The tile mean/energy projections of :func:`project_tile_stats` for the nested tile sides ``ks``
+    (each a multiple of ``ks[0]``, in that order), applied one after the other, but composed on the
+    statistics of the finest tiles instead of on the field.
+
+    Each projection of Prop. B.4 is, per tile, an affine map: shift to the target mean, rescale the centred
+    part. So after projections at sides ks[0], ..., ks[l - 1], every finest tile is still its own centred
+    part times a gain plus a mean, and the statistics the next side needs follow from the finest tiles'
+    means and mean squares alone - a coarse tile's mean is the average of its finest tiles' means, its
+    centred mean square the average of theirs plus the variance of their means (the parallel-axis
+    identity). The field is read once (finest means and centred parts) and written once (mean + gain x
+    centred part): the same result as projecting the field side after side, up to float round-off.
+    """
+    cache = {} if cache is None else cache
+    b, c, h, w = x.shape
+    kh0, kw0 = patch_dims(ks[0])
+    x6 = tiles(x, ks[0])
+    fh, fw = h // kh0, w // kw0
+    pool = torch.nn.functional.avg_pool2d
+    mean = pool(x, (kh0, kw0))  # (b, c, fh, fw)
+    centred = x6 - mean.view(b, c, fh, 1, fw, 1)
+    # the rounding of the mean leaves centred tiles a residual mean (float round-off) that a large gain would
+    # turn into a shift of the tile's mean: it is taken out of the energy here and of the output at the end
+    residual = pool(centred.view(x.shape), (kh0, kw0))
+    mean_sq = torch.addcmul(pool(centred.square().view(x.shape), (kh0, kw0)), residual, residual, value=-1.0)
+    gain = None  # per finest tile: the product of the gains so far
+    for level_i, k in enumerate(ks):
+        kh, kw = patch_dims(k)
+        if kh % kh0 or kw % kw0:
+            raise ValueError(f"tile {kh}x{kw} is not a union of {kh0}x{kw0} tiles")
+        rh, rw = kh // kh0, kw // kw0
+        gh, gw = fh // rh, fw // rw
+        if (rh, rw) == (1, 1):
+            tile_mean, tile_sq = mean, mean_sq
+        else:  # coarse tile statistics from the finest tiles' (parallel-axis identity)
+            tile_mean = pool(mean, (rh, rw))
+            spread = mean.view(b, c, gh, rh, gw, rw) - tile_mean.view(b, c, gh, 1, gw, 1)
+            flat_spread = spread.view(mean.shape)
+            tile_sq = pool(torch.addcmul(mean_sq, flat_spread, flat_spread), (rh, rw))
+        target = _project_stats(tile_mean, tile_sq, k, level, stat_chunk, cache, passes)
+        threshold = tile_sq.mean(dim=(1, 2, 3), keepdim=True) * rel_eps
+        gain_sq = (target[1] / tile_sq).masked_fill_(tile_sq <= threshold, 0.0)  # dead tiles: gain 0
+        tile_gain = gain_sq.sqrt()
+        last = level_i == len(ks) - 1
+        if (rh, rw) == (1, 1):
+            mean, gain = target[0], tile_gain
+            if not last:
+                mean_sq = mean_sq * gain_sq
+        else:
+            onto = (b, c, gh, 1, gw, 1)  # a coarse-tile field onto its finest tiles
+            mean = torch.addcmul(target[0].view(onto), spread, tile_gain.view(onto)).view(b, c, fh, fw)
+            gain = (gain.view(spread.shape) * tile_gain.view(onto)).view(b, c, fh, fw)
+            if not last:
+                mean_sq = (mean_sq.view(spread.shape) * gain_sq.view(onto)).view(b, c, fh, fw)
+    # every finest tile: its final mean plus its gain times its centred part (less the residual mean)
+    onto = (b, c, fh, 1, fw, 1)
+    out = torch.addcmul(torch.addcmul(mean, gain, residual, value=-1.0).view(onto), centred, gain.view(onto))
+    return out.view(x.shape)
 
 
 def project_tile_stats(x: torch.Tensor, k, level: float, stat_chunk: int = 2, cache: dict | None = None,
@@ -212,30 +431,7 @@ def project_tile_stats(x: torch.Tensor, k, level: float, stat_chunk: int = 2, ca
     Tile averages are ``avg_pool2d`` with a tile-sized window and stride; the targets broadcast back onto
     the tiles through views, so no layout copy of the field is made.
     """
-    cache = {} if cache is None else cache
-    b, c, h, w = x.shape
-    kh, kw = patch_dims(k)
-    x6 = tiles(x, k)
-    fh, fw = h // kh, w // kw
-    kc = stat_chunk_side((fh, fw), stat_chunk)
-    mean = torch.nn.functional.avg_pool2d(x, (kh, kw))  # (b, c, fh, fw)
-    centred = x6 - mean[:, :, :, None, :, None]
-    # the rounding of the mean leaves centred tiles a residual mean that a large gain would turn into a
-    # shift of the tile's mean; one more centring removes it to round-off of the residual
-    centred = centred - torch.nn.functional.avg_pool2d(centred.view(x.shape), (kh, kw))[:, :, :, None, :, None]
-    mean_sq = torch.nn.functional.avg_pool2d(centred.square().view(x.shape), (kh, kw))  # energy / s
-
-    def chunked(f):  # (b, c, fh, fw) -> (b, c, fh/kc, fw/kc, kc, kc) view: rows of the 2OS chunk matrices
-        return f.view(b, c, fh // kc, kc, fw // kc, kc).permute(0, 1, 2, 4, 3, 5)
-
-    stats = torch.stack([chunked(mean), chunked(mean_sq)])  # contiguous (2, b, m, kc * kc)
-    lo, hi = tile_stat_bounds(x.shape, k, level, stat_chunk, x.device, cache)
-    target = sort_clip_unsort(stats.view(2, b, -1, kc * kc), lo, hi, passes, cache).view(stats.shape)
-    target = target.permute(0, 1, 2, 3, 5, 4, 6).reshape(2, b, c, fh, fw)  # back to the field's tile order
-    threshold = mean_sq.mean(dim=(1, 2, 3), keepdim=True) * rel_eps
-    gain = (target[1] / mean_sq).masked_fill(mean_sq <= threshold, 0.0).sqrt()  # dead tiles: gain 0
-    out = torch.addcmul(target[0][:, :, :, None, :, None], centred, gain[:, :, :, None, :, None])
-    return out.view(x.shape)
+    return project_tile_stats_nested(x, [k], level, stat_chunk, cache, passes, rel_eps)
 
 
 def project_norm(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
