@@ -136,6 +136,7 @@ def validate(cfg: DictConfig) -> None:
         except (BudgetError, ValueError) as err:
             raise ConfigError(str(err)) from None
     check_task(cfg.task)
+    check_weights_file(cfg.model)
     check_eval_envs(cfg.get("eval_envs") or {}, cfg.task)
     # out_dir may name Hydra's job overrides, which only a Hydra run can resolve (the CLI checks it then too)
     check_out_dir(OmegaConf.select(cfg, "out_dir", throw_on_resolution_failure=False))
@@ -169,6 +170,20 @@ def check_task(task) -> None:
     bad = [p for p in prompts if not isinstance(p, str)]
     if bad:
         raise ConfigError(f"{key}: every prompt must be a string, got {bad[0]!r}")
+
+
+def check_weights_file(model) -> None:
+    """A model's local ``weights`` file (the mini tier's checkpoint) exists, with its architecture sidecar
+    (``.json``) beside it; hub ids are checked where they load (``ntrk_bench.hub``)."""
+    weights = model.get("weights") if hasattr(model, "get") else None
+    if not weights or not str(weights).endswith(".safetensors"):
+        return
+    path = Path(str(weights))
+    if not path.is_file():
+        raise ConfigError(f"model.weights={weights}: no such file (train it with `make mini-train`)")
+    if not path.with_suffix(".json").is_file():
+        raise ConfigError(f"model.weights={weights}: its architecture sidecar {path.with_suffix('.json').name} is "
+                          "missing (written beside the weights by `make mini-train`)")
 
 
 def check_eval_envs(envs, task) -> None:

@@ -205,13 +205,15 @@ def test_concurrent_identical_runs_share_the_items_instead_of_redoing_them(tmp_p
                                               ("logger=wandb", "logger=wandb needs wandb"),
                                               ("seed=1e20", "seed"),  # a bad value: no empty run folder
                                               ("hydra.run.dir={tmp}/runs", "set out_dir=PATH instead"),
-                                              ("+eval_envs.nosuch=/bin/sh", "eval_envs.nosuch")])
+                                              ("+eval_envs.nosuch=/bin/sh", "eval_envs.nosuch"),
+                                              ("model=mini model.weights={tmp}/file/w.safetensors", "no such file")])
 def test_command_line_errors_are_one_line_before_anything_is_created(tmp_path, override, message):
     pytest.importorskip("hydra")
     if override.startswith("logger") and __import__("importlib").util.find_spec("wandb"):
         pytest.skip("wandb is installed here")
     (tmp_path / "file").write_text("")
-    args = [sys.executable, str(ROOT / "run.py"), override.format(tmp=tmp_path), "model=mini_exact", "steps=2",
+    model = [] if "model=" in override else ["model=mini_exact"]
+    args = [sys.executable, str(ROOT / "run.py"), *override.format(tmp=tmp_path).split(), *model, "steps=2",
             "progress=false", f"results_root={tmp_path}/runs"]
     out = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr
