@@ -255,8 +255,9 @@ def grids(df: pd.DataFrame, docs: Path, model: str = "mini") -> list[str]:
     out = docs / "images" / "mini"
     out.mkdir(parents=True, exist_ok=True)
     lines = ["## Images", "",
-             "Seed 0 of every configuration on the learned tier: the same 10 prompts (digits 0-9, left to "
-             "right) and the same two samples per prompt (rows), so configurations compare by eye.", ""]
+             "Seed 0 of every configuration on the learned tier, with the same prompts and seeds, so "
+             "configurations compare by eye: each prompt's two samples stand side by side, digits 0-4 on the top "
+             "row and 5-9 on the bottom one.", ""]
     for task in TASKS:
         cells = []
         for name in ROWS:
