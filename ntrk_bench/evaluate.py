@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 from .hub import MissingModel
 from .io import load_output
 from .rundir import EvalRecord, RunDir, find_runs
+from .schema import ConfigError, check_interpreter
 
 #: exit status of a worker whose evaluator could not be built (missing weights or package), lines in --missing-to
 WORKER_MISSING = 3
@@ -220,9 +221,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(f"error: {flag} {','.join(unknown)}: no run under {', '.join(args.paths)} holds it out "
                      f"(held out there: {', '.join(held) or 'none'})")
     for name, python in envs.items():
-        if not (Path(python).is_file() and os.access(python, os.X_OK)):
-            sys.exit(f"error: --env {name}={python}: no such interpreter (build the environment, e.g. "
-                     f"`make env-{name}`, or point --env at its bin/python)")
+        try:
+            check_interpreter(f"--env {name}", name, python)
+        except ConfigError as err:
+            sys.exit(f"error: {err}")
     try:
         evaluate(runs, only, envs, progress=not args.no_progress, overrides=overrides)
     except MissingModel as err:

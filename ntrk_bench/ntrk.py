@@ -34,7 +34,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
-from .limits import Limit, positive
+from .limits import Limit, interval, positive
 from .method import Chain, Problem
 from .sampling import Evaluation, NoiseRule
 
@@ -93,22 +93,19 @@ class InjectionTrace:
 
     def __init__(self, stds: list[float]):
         self.stds, self.previous, self.cos = stds, None, []
-        self.injected = self.fresh = self.independent = None
+        self.injected = self.fresh = self.independent = 0.0  # running sums (tensors after the first step)
 
     def add(self, k: int, w: torch.Tensor, gamma: torch.Tensor, eps: torch.Tensor) -> None:
         injected = (self.stds[k] * gamma * w).flatten(1).double()
-        fresh = (self.stds[k] * (1 - gamma * gamma).sqrt() * eps).flatten(1).double()
+        self.fresh = self.fresh + (self.stds[k] * (1 - gamma * gamma).sqrt() * eps).flatten(1).double()
+        self.injected = self.injected + injected
+        self.independent = self.independent + injected.square().sum(1)
         if self.previous is not None:
             self.cos.append(torch.nn.functional.cosine_similarity(self.previous, w.flatten(1).double(), dim=1))
         self.previous = w.flatten(1).double()
-        first = self.injected is None
-        self.injected = injected if first else self.injected + injected
-        self.fresh = fresh if first else self.fresh + fresh
-        square = injected.square().sum(1)
-        self.independent = square if first else self.independent + square
 
     def diagnostics(self) -> dict[str, torch.Tensor]:
-        if self.injected is None:
+        if self.previous is None:
             return {}
         out = {"injected_sum_norm": self.injected.norm(dim=1), "fresh_sum_norm": self.fresh.norm(dim=1),
                "injected_independent_norm": self.independent.sqrt()}
@@ -180,8 +177,6 @@ def mean_shift_rule(gamma: float | str, whiten: Callable[[torch.Tensor], torch.T
     return shift
 
 
-#: gamma_max: a share of the noise in (0, 1]
-UNIT_INTERVAL = Limit(lambda v: 0 < v <= 1, "in (0, 1]")
 #: gamma: a fixed strength in [0, 1] (eq. 11) or "auto"
 GAMMA = Limit(lambda v: v == "auto" if isinstance(v, str) else 0 <= v <= 1,
               "in [0, 1] (NTRK mixes gamma W(g) with sqrt(1 - gamma^2) noise) or auto")
@@ -200,7 +195,7 @@ class NTRK(Chain):
     ledger_name: ClassVar[str] = "ntrk"
     needs_grad: ClassVar[bool] = True
     dagger: ClassVar[bool] = True
-    limits: ClassVar[dict] = {"gamma": GAMMA, "strength": positive, "gamma_max": UNIT_INTERVAL}
+    limits: ClassVar[dict] = {"gamma": GAMMA, "strength": positive, "gamma_max": interval(0.0, 1.0, open_low=True)}
 
     def noise_rule(self, problem: Problem) -> NoiseRule:
         times = problem.sde.times(problem.steps)

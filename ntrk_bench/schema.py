@@ -193,9 +193,14 @@ def check_eval_envs(envs, task) -> None:
         if name not in held:
             raise ConfigError(f"eval_envs.{name}: task {task.name} does not hold it out (held out: "
                               f"{', '.join(held) or 'none'})")
-        if not (python and Path(str(python)).is_file() and os.access(str(python), os.X_OK)):
-            raise ConfigError(f"eval_envs.{name}={python}: no such interpreter (build the environment, e.g. "
-                              f"`make env-{name}`, or point it at its bin/python)")
+        check_interpreter(f"eval_envs.{name}", name, python)
+
+
+def check_interpreter(key: str, evaluator: str, python) -> None:
+    """``python`` (an evaluator's environment, given as ``key``) is an executable file."""
+    if not (python and Path(str(python)).is_file() and os.access(str(python), os.X_OK)):
+        raise ConfigError(f"{key}={python}: no such interpreter (build the environment, e.g. "
+                          f"`make env-{evaluator}`, or point it at its bin/python)")
 
 
 def check_out_dir(out_dir) -> None:

@@ -89,6 +89,12 @@ def prompted_digits(prompts: Sequence[str] | None, n: int) -> list[int | None]:
     return [data.label_of(p) for p in prompts] if prompts is not None else [None] * n
 
 
+def prompted_column(table: torch.Tensor, digits: Sequence[int | None]) -> torch.Tensor:
+    """(B,) entry of each row of a (B, 10) per-digit table at the prompted digit; the row's best where the
+    prompt names no digit."""
+    return torch.stack([table[i].max() if d is None else table[i, d] for i, d in enumerate(digits)])
+
+
 # ----------------------------------------------------------------------------- the bold target
 @lru_cache(maxsize=1)
 def bold_goals() -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,8 +164,7 @@ class ExemplarReward:
     def __call__(self, pixels: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
         f = exemplar_features(self.net, pixels)
         cos = F.cosine_similarity(f[:, None], self.reference.to(f)[None], dim=-1)  # (B, 10)
-        digits = prompted_digits(prompts, len(pixels))
-        return torch.stack([cos[i].max() if d is None else cos[i, d] for i, d in enumerate(digits)])
+        return prompted_column(cos, prompted_digits(prompts, len(pixels)))
 
 
 # ----------------------------------------------------------------------------- held-out evaluators
@@ -175,9 +180,7 @@ class ClassifierReward:
         return self.net(pixels.float())
 
     def __call__(self, pixels: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
-        logp = self.logits(pixels).log_softmax(-1)
-        digits = prompted_digits(prompts, len(pixels))
-        return torch.stack([logp[i].max() if d is None else logp[i, d] for i, d in enumerate(digits)])
+        return prompted_column(self.logits(pixels).log_softmax(-1), prompted_digits(prompts, len(pixels)))
 
     def accuracy(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """1 where the classifier's top digit is the prompted one (prompt-alignment accuracy)."""

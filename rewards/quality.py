@@ -9,20 +9,26 @@ from functools import lru_cache
 import torch
 
 from ntrk_bench.mini import data
+
+from .mini import ExemplarReward, exemplars, prompted_column
 from ntrk_bench.mini.quality import (FD_MIN_SAMPLES, diversity, fd_floor, fd_to_real, hf_share,
                                      log_density_percentile)
+
+
+@lru_cache(maxsize=1)
+def exemplar_likeness():
+    """The exemplar target, built once (its network and the exemplars' features)."""
+    return ExemplarReward()
 
 
 @lru_cache(maxsize=1)
 def real_attribute_max() -> dict[str, torch.Tensor]:
     """(10,) largest boldness and exemplar likeness any real digit of each class reaches (all splits; the
     exemplar itself excluded from its own class)."""
-    from .mini import ExemplarReward, exemplars
-
     images, labels, _ = data.digits()
     prompts = [data.prompt_for(int(d)) for d in labels]
     with torch.no_grad():
-        bold, like = data.boldness(images), ExemplarReward()(images, prompts)
+        bold, like = data.boldness(images), exemplar_likeness()(images, prompts)
     like[exemplars()] = -1.0
     return {"boldness": torch.stack([bold[labels == d].max() for d in range(10)]),
             "exemplar_likeness": torch.stack([like[labels == d].max() for d in range(10)])}
@@ -31,16 +37,13 @@ def real_attribute_max() -> dict[str, torch.Tensor]:
 def beyond_real(pixels: torch.Tensor, prompts) -> dict[str, list]:
     """Each sample's target attributes and whether they exceed the real data's range for its digit (the
     hack detector; prompts naming no digit are compared with the largest value of any digit)."""
-    from .mini import ExemplarReward
-
     digits = [data.label_of(p) for p in prompts]
     with torch.no_grad():
         attributes = {"boldness": data.boldness(pixels.float()),
-                      "exemplar_likeness": ExemplarReward()(pixels, prompts)}
+                      "exemplar_likeness": exemplar_likeness()(pixels, prompts)}
     out = {}
     for name, value in attributes.items():
-        top = real_attribute_max()[name]
-        limit = torch.stack([top.max() if d is None else top[d] for d in digits])
+        limit = prompted_column(real_attribute_max()[name].expand(len(digits), -1), digits)
         out[name] = value.tolist()
         out[f"{name}_beyond_real"] = (value > limit).float().tolist()
     return out
