@@ -117,17 +117,21 @@ def packed_tables(shape: tuple, k, device, cache: dict | None = None):
     """Static tables of the packed 2OS of an (N, C, H, W) field with kh x kw chunks, memoised per device.
 
     Rows are the chunks in (N, C, H/kh, W/kw) order (as :func:`groups` lists them), ``offset`` = a * W + b
-    the position of entry (a, b) inside its chunk relative to the chunk's first entry in the field.
+    the position of entry (a, b) inside its chunk relative to the chunk's first entry in the field. Both
+    keys hold the value at the same bit position ``fb`` (the bits of a field index), so one integer add turns
+    the sorted within-chunk keys into the across-chunk keys:
 
-    * within-chunk key: ``row | value | offset``, laid out like the field (one long sort: where a key
-      starts does not matter); or, for chunks of ``ROW_SORT_MIN_CHUNK`` or more entries, ``value | offset``
-      laid out chunk by chunk, (N, C, H/kh, W/kw, kh, kw), for a sort of every row;
-    * across-chunk key: ``sample | inner rank | value | field index`` (the flat index in the whole field).
+    * within-chunk key: ``row | value | offset``, laid out like the field and sorted in blocks of whole chunk
+      rows (``row`` counts the chunks within their block: keys of different blocks are never compared); or,
+      for chunks of ``ROW_SORT_MIN_CHUNK`` or more entries, ``value | offset`` laid out chunk by chunk,
+      (N, C, H/kh, W/kw, kh, kw), for a sort of every row;
+    * across-chunk key: ``sample | inner rank | value | field index`` (the flat index in the whole field)
+      = the sorted within-chunk key + ``shift2``, a static table: at sorted position p (inner rank
+      j = p % c of chunk p // c) it adds the sample, j and the chunk's first field index and removes the row.
 
     ``value`` is the order-preserving int32 (:func:`ordered_int32`) offset by 2^31 (32 non-negative bits).
-    Returns ``base1`` (the within-chunk key without its value), its shift ``ob``, ``shift2`` (the
-    across-chunk key minus the sorted within-chunk key, less the value's contribution; see
-    :func:`packed_two_level_clip`), the across-chunk key's value shift ``fb`` and its index mask.
+    Returns ``base1`` (the within-chunk key without its value), ``shift2``, ``fb``, the index mask, whether
+    the chunks sort as rows, and the number of keys per sorted row.
     """
     key = ("packed2", tuple(shape), patch_dims(k), str(device))
     if cache is not None and key in cache:
@@ -137,33 +141,35 @@ def packed_tables(shape: tuple, k, device, cache: dict | None = None):
     c, hb, wb = kh * kw, h // kh, w // kw
     m = c_ * hb * wb  # chunks per sample
     n_rows, n_all = n_s * m, n_s * c_ * h * w
-    ob = max(1, ((kh - 1) * w + kw - 1).bit_length())
-    rb = max(1, (n_rows - 1).bit_length())
     fb = max(1, (n_all - 1).bit_length())
     jb = max(1, (c - 1).bit_length())
     sb = (n_s - 1).bit_length()
-    if rb + 32 + ob > 63 or sb + jb + 32 + fb > 63:
+    by_rows = c >= ROW_SORT_MIN_CHUNK
+
+    def row_bits(d: int) -> int:  # bits of the chunk count of a block of d chunk rows
+        return max(1, (d * wb - 1).bit_length())
+
+    # the field-layout keys sort in blocks of whole chunk rows (a block's rows all follow the previous block's)
+    rows_per_block = max((d for d in range(1, hb + 1) if hb % d == 0 and d * kh * w <= SORT_BLOCK
+                          and row_bits(d) + 32 + fb <= 63), default=1)
+    if sb + jb + 32 + fb > 63 or (not by_rows and row_bits(rows_per_block) + 32 + fb > 63):
         raise ValueError(f"a {tuple(shape)} field with {kh}x{kw} chunks does not fit a 63-bit sort key")
     i64 = dict(dtype=torch.int64, device=device)
-    by_rows = c >= ROW_SORT_MIN_CHUNK
     offset = torch.arange(kh, **i64).view(kh, 1, 1) * w + torch.arange(kw, **i64)  # (kh, 1, kw)
     if by_rows:  # chunk layout, no row bits
-        row = torch.zeros(n_rows, **i64).view(n_s, c_, hb, wb, 1, 1)
-        base1 = row + ((1 << 31) << ob) + offset.view(kh, kw)
-    else:  # field layout (n_s, c_, h, w)
-        row = torch.arange(n_rows, **i64).view(n_s, c_, hb, 1, wb, 1)
-        base1 = ((row << (32 + ob)) + ((1 << 31) << ob) + offset).view(shape)
-    # in the sorted within-chunk keys, position p holds row p // c with inner rank j = p % c
+        base1 = torch.zeros(n_rows, **i64).view(n_s, c_, hb, wb, 1, 1) + ((1 << 31) << fb) + offset.view(kh, kw)
+    else:  # field layout (n_s, c_, h, w), rows counted within their block
+        local = torch.arange(n_rows, **i64) % (rows_per_block * wb)
+        base1 = ((local.view(n_s, c_, hb, 1, wb, 1) << (32 + fb)) + ((1 << 31) << fb) + offset).view(shape)
     p = torch.arange(n_rows * c, **i64)
     srow, j = p // c, p % c
     sample, rest = srow // m, srow % m
     ch, rest = rest // (hb * wb), rest % (hb * wb)
     first = sample * (c_ * h * w) + ch * (h * w) + (rest // wb) * kh * w + (rest % wb) * kw  # chunk's first entry
-    static2 = (sample << (jb + 32 + fb)) + (j << (32 + fb)) + first
-    shift2 = static2 if by_rows else static2 - (srow << (32 + ob))
-    # the field-layout keys sort in blocks of whole chunk rows (a block's rows all follow the previous block's)
-    rows_per_block = max((d for d in range(1, hb + 1) if hb % d == 0 and d * kh * w <= SORT_BLOCK), default=1)
-    tables = (base1, ob, shift2, fb, (1 << fb) - 1, by_rows, rows_per_block * kh * w)
+    shift2 = (sample << (jb + 32 + fb)) + (j << (32 + fb)) + first
+    if not by_rows:
+        shift2 -= (srow % (rows_per_block * wb)) << (32 + fb)
+    tables = (base1, shift2, fb, (1 << fb) - 1, by_rows, rows_per_block * kh * w)
     if cache is not None:
         cache[key] = tables
     return tables
@@ -178,10 +184,10 @@ def packed_two_level_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Te
        ``SORT_BLOCK``; chunks of ``ROW_SORT_MIN_CHUNK`` or more entries: ``value | offset`` sorted chunk by
        chunk) list every chunk's entries in ascending order, chunk after chunk, so sorted position p holds
        inner rank j = p % c of chunk p // c.
-    2. Across-chunk sort: from the sorted keys, ``sample | j | value | field index`` (built with two
-       integer ops; the row/rank/position parts are the static ``shift2``): sorted, they list, for every
-       sample and inner rank, the values in ascending order across chunks - the doubly sorted statistic
-       (outer rank i = position within the segment) - and carry each value's field index.
+    2. Across-chunk sort: the sorted keys plus the static ``shift2`` are ``sample | j | value | field
+       index``: sorted, they list, for every sample and inner rank, the values in ascending order across
+       chunks - the doubly sorted statistic (outer rank i = position within the segment) - and carry each
+       value's field index.
     3. Clip each (j, i) into its bounds (``lo_t``, ``hi_t``: (.., c, m), the transposed (m, c) bounds) and
        scatter the clipped values straight back to their field indices: both permutations undone at once.
 
@@ -189,19 +195,15 @@ def packed_two_level_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Te
     ``torch.sort``'s order of ties; on tie-free input the result is the same bit for bit as two
     ``torch.sort`` calls and two scatters (``tests/test_whitening.py``).
     """
-    base1, ob, shift2, fb, fmask, by_rows, block = packed_tables(tuple(x.shape), k, x.device, cache)
-    kh, kw = patch_dims(k)
-    c = kh * kw
+    base1, shift2, fb, fmask, by_rows, block = packed_tables(tuple(x.shape), k, x.device, cache)
+    c = math.prod(patch_dims(k))
     values = ordered_int32(x).to(torch.int64)
     if by_rows:  # the keys in chunk layout, each chunk a row
-        keys1 = torch.add(base1, tiles(values, k).permute(0, 1, 2, 4, 3, 5), alpha=1 << ob)
-        keys1 = sort_rows(keys1.view(-1, c)).view(-1)
+        keys1 = sort_rows(torch.add(base1, tiles(values, k).permute(0, 1, 2, 4, 3, 5), alpha=1 << fb).view(-1, c))
     else:  # sorted in blocks of whole chunk rows: the same order as one sort of all keys, in cache-sized pieces
-        keys1 = sort_rows(torch.add(base1, values, alpha=1 << ob).view(-1, block)).view(-1)
-    value_bits = (keys1 >> ob).bitwise_and_(0xFFFFFFFF)
+        keys1 = sort_rows(torch.add(base1, values, alpha=1 << fb).view(-1, block))
     # integer temporaries are updated in place: fewer live buffers, so the call stays in cache
-    keys2 = sort_keys(keys1.add_(shift2).add_(value_bits, alpha=(1 << fb) - (1 << ob)))
-    index = keys2.bitwise_and_(fmask)
+    index = sort_keys(keys1.view(-1).add_(shift2)).bitwise_and_(fmask)
     flat = x.reshape(-1)
     sorted_values = flat.take(index)
     lead = lo_t.shape[:-2]
@@ -372,15 +374,18 @@ def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chun
     cache = {} if cache is None else cache
     b, c, h, w = x.shape
     kh0, kw0 = patch_dims(ks[0])
-    x6 = tiles(x, ks[0])
     fh, fw = h // kh0, w // kw0
+    # the finest tiles' entries are read in tile-major layout (b, c, kh0 * kw0, fh, fw): a tile's entries lie
+    # one field apart, so every per-tile reduction and broadcast runs over whole contiguous fields (a layout
+    # copy in and one out cost less than the same ops on the field's own layout, with its inner runs of kw0)
+    xt = tiles(x, ks[0]).permute(0, 1, 3, 5, 2, 4).reshape(b, c, kh0 * kw0, fh, fw)
     pool = torch.nn.functional.avg_pool2d
-    mean = pool(x, (kh0, kw0))  # (b, c, fh, fw)
-    centred = x6 - mean.view(b, c, fh, 1, fw, 1)
+    mean = xt.mean(2)  # (b, c, fh, fw)
+    centred = xt - mean.unsqueeze(2)
     # the rounding of the mean leaves centred tiles a residual mean (float round-off) that a large gain would
     # turn into a shift of the tile's mean: it is taken out of the energy here and of the output at the end
-    residual = pool(centred.view(x.shape), (kh0, kw0))
-    mean_sq = torch.addcmul(pool(centred.square().view(x.shape), (kh0, kw0)), residual, residual, value=-1.0)
+    residual = centred.mean(2)
+    mean_sq = torch.addcmul(centred.square().mean(2), residual, residual, value=-1.0)
     gain = None  # per finest tile: the product of the gains so far
     for level_i, k in enumerate(ks):
         kh, kw = patch_dims(k)
@@ -411,9 +416,8 @@ def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chun
             if not last:
                 mean_sq = (mean_sq.view(spread.shape) * gain_sq.view(onto)).view(b, c, fh, fw)
     # every finest tile: its final mean plus its gain times its centred part (less the residual mean)
-    onto = (b, c, fh, 1, fw, 1)
-    out = torch.addcmul(torch.addcmul(mean, gain, residual, value=-1.0).view(onto), centred, gain.view(onto))
-    return out.view(x.shape)
+    out = torch.addcmul(torch.addcmul(mean, gain, residual, value=-1.0).unsqueeze(2), centred, gain.unsqueeze(2))
+    return out.view(b, c, kh0, kw0, fh, fw).permute(0, 1, 4, 2, 5, 3).reshape(x.shape)
 
 
 def project_tile_stats(x: torch.Tensor, k, level: float, stat_chunk: int = 2, cache: dict | None = None,
