@@ -197,7 +197,7 @@ def packed_two_level_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Te
     """
     base1, shift2, fb, fmask, by_rows, block = packed_tables(tuple(x.shape), k, x.device, cache)
     c = math.prod(patch_dims(k))
-    values = ordered_int32(x).to(torch.int64)
+    values = ordered_int32(x)  # the adds below promote it to int64 (no conversion kernel)
     if by_rows:  # the keys in chunk layout, each chunk a row
         keys1 = sort_rows(torch.add(base1, tiles(values, k).permute(0, 1, 2, 4, 3, 5), alpha=1 << fb).view(-1, c))
     else:  # sorted in blocks of whole chunk rows: the same order as one sort of all keys, in cache-sized pieces
@@ -383,9 +383,14 @@ def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chun
     mean = xt.mean(2)  # (b, c, fh, fw)
     centred = xt - mean.unsqueeze(2)
     # the rounding of the mean leaves centred tiles a residual mean (float round-off) that a large gain would
-    # turn into a shift of the tile's mean: it is taken out of the energy here and of the output at the end
+    # turn into a shift of the tile's mean: it is taken out of the output at the end
     residual = centred.mean(2)
-    mean_sq = torch.addcmul(centred.square().mean(2), residual, residual, value=-1.0)
+    mean_sq = centred.square().mean(2)
+    # a tile is dead (no unique projection: gain 0) when its centred mean square is at most rel_eps times the
+    # sample's mean square, i.e. float round-off; one threshold for every side (a coarse side's mean tile energy
+    # is at most the sample's, so no tile a per-side threshold kills survives)
+    threshold = torch.linalg.vector_norm(x.reshape(b, -1), dim=1).square_().mul_(rel_eps / x[0].numel())
+    threshold = threshold.view(b, 1, 1, 1)
     gain = None  # per finest tile: the product of the gains so far
     for level_i, k in enumerate(ks):
         kh, kw = patch_dims(k)
@@ -401,7 +406,6 @@ def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chun
             flat_spread = spread.view(mean.shape)
             tile_sq = pool(torch.addcmul(mean_sq, flat_spread, flat_spread), (rh, rw))
         target = _project_stats(tile_mean, tile_sq, k, level, stat_chunk, cache, passes)
-        threshold = tile_sq.mean(dim=(1, 2, 3), keepdim=True) * rel_eps
         gain_sq = (target[1] / tile_sq).masked_fill_(tile_sq <= threshold, 0.0)  # dead tiles: gain 0
         tile_gain = gain_sq.sqrt()
         last = level_i == len(ks) - 1
@@ -429,11 +433,10 @@ def project_tile_stats(x: torch.Tensor, k, level: float, stat_chunk: int = 2, ca
     chunk, are projected with 2OS (eq. 93) in one batched sort-clip-unsort (as mean and mean centred
     square, see :func:`tile_stat_bounds`); each tile is then shifted to its target mean and its centred part
     rescaled to its target energy (eq. 95), the Euclidean projection of Prop. B.4. A tile whose centred
-    energy is zero (at most ``rel_eps`` times the sample's average tile energy, i.e. float round-off) has
-    no unique projection (Prop. B.4); it takes its target mean and keeps zero energy.
+    energy is zero (its centred mean square at most ``rel_eps`` times the sample's mean square, i.e. float
+    round-off) has no unique projection (Prop. B.4); it takes its target mean and keeps zero energy.
 
-    Tile averages are ``avg_pool2d`` with a tile-sized window and stride; the targets broadcast back onto
-    the tiles through views, so no layout copy of the field is made.
+    Tile averages are taken in tile-major layout (see :func:`project_tile_stats_nested`).
     """
     return project_tile_stats_nested(x, [k], level, stat_chunk, cache, passes, rel_eps)
 
