@@ -33,7 +33,7 @@ import torch
 
 from .bounds import two_level_bounds
 from .domains import make_domain
-from .project import (nested_runs, patch_dims, project_2os, project_block_norms, project_norm,
+from .project import (dead_tile_threshold, nested_runs, patch_dims, project_2os, project_block_norms, project_norm,
                       project_tile_stats_nested, stat_chunk_side, tiles)
 
 
@@ -121,13 +121,14 @@ class Whitening:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fields(x)
         level, cache, passes = self.cfg.level, self._cache, self.cfg.passes
+        dead = dead_tile_threshold(y) if any(block.tiles for block, _ in self.blocks) else None
         for block, domain in self.blocks * self.cfg.cycles:
             q = domain.forward(y)
             for _ in range(block.repeats):
                 for k in block.chunks:
                     q = project_2os(q, k, level, ("normal",), cache, passes)
                 for run in nested_runs(block.tiles):  # the sides in order, nested ones composed
-                    q = project_tile_stats_nested(q, run, level, self.cfg.stat_chunk, cache, passes)
+                    q = project_tile_stats_nested(q, run, level, self.cfg.stat_chunk, cache, passes, threshold=dead)
                 for k in block.block_norms:
                     q = project_block_norms(q, k)
             y = domain.inverse(q)

@@ -357,8 +357,19 @@ def _project_stats(mean: torch.Tensor, mean_sq: torch.Tensor, k, level: float, s
     return target.permute(0, 1, 2, 3, 5, 4, 6).reshape(2, b, c, fh, fw)  # back to the field's tile order
 
 
+def dead_tile_threshold(x: torch.Tensor, rel_eps: float = 1e-10) -> torch.Tensor:
+    """(B, 1, 1, 1): ``rel_eps`` times each sample's mean square. A tile whose centred mean square is at most
+    this is dead - float round-off, no unique projection (Prop. B.4): it gets gain 0. One threshold serves
+    every tile side (a side's mean tile energy is at most the sample's mean square, so no tile a per-side
+    threshold would kill survives) and every domain (orthogonal maps keep the mean square; W computes it once
+    per call)."""
+    norm = torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+    return norm.square_().mul_(rel_eps / x[0].numel()).view(-1, 1, 1, 1)
+
+
 def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chunk: int = 2,
-                              cache: dict | None = None, passes: int = 16, rel_eps: float = 1e-10) -> torch.Tensor:
+                              cache: dict | None = None, passes: int = 16, rel_eps: float = 1e-10,
+                              threshold: torch.Tensor | None = None) -> torch.Tensor:
     """The tile mean/energy projections of :func:`project_tile_stats` for the nested tile sides ``ks``
     (each a multiple of ``ks[0]``, in that order), applied one after the other, but composed on the
     statistics of the finest tiles instead of on the field.
@@ -386,11 +397,8 @@ def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chun
     # turn into a shift of the tile's mean: it is taken out of the output at the end
     residual = centred.mean(2)
     mean_sq = centred.square().mean(2)
-    # a tile is dead (no unique projection: gain 0) when its centred mean square is at most rel_eps times the
-    # sample's mean square, i.e. float round-off; one threshold for every side (a coarse side's mean tile energy
-    # is at most the sample's, so no tile a per-side threshold kills survives)
-    threshold = torch.linalg.vector_norm(x.reshape(b, -1), dim=1).square_().mul_(rel_eps / x[0].numel())
-    threshold = threshold.view(b, 1, 1, 1)
+    if threshold is None:
+        threshold = dead_tile_threshold(x, rel_eps)
     gain = None  # per finest tile: the product of the gains so far
     for level_i, k in enumerate(ks):
         kh, kw = patch_dims(k)
