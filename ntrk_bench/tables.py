@@ -53,7 +53,7 @@ def collect(root: Path) -> pd.DataFrame:
         cfg = rec.config
         base = {"run": str(run.path), "family": rec.family, "model": rec.model, "task": rec.task,
                 "target": METRIC_NAMES.get(rec.target, rec.target), "display": rec.display_name,
-                "seed": rec.seed, **rec.ledger, "gamma": cfg["method"].get("gamma"),
+                "seed": rec.seed, "experiment": rec.experiment, **rec.ledger, "gamma": cfg["method"].get("gamma"),
                 "scale": cfg["method"].get("scale"), "variant": variant(cfg["method"]), "whitening": rec.whitening,
                 "option": cfg["method"].get("name", rec.method)}
         metrics = dict(rec.per_sample)

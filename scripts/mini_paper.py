@@ -4,8 +4,9 @@ finished items are skipped), evaluate, build results/mini/ tables and plots, and
     python scripts/mini_paper.py [--seeds 0,1,2,3,4] [--only mini_paper,mini_exact_tier,...] [--workers 2]
 
 The two tasks' sweeps run side by side, one single-threaded worker each (the small models do not use two
-threads well: two workers give ~1.8x the throughput of one on two cores). About 45 minutes here for the
-default experiments (measured under load: 32 minutes for the learned tier's 70 runs, 1,400 samples).
+threads well: two workers give ~1.8x the throughput of one on two cores). About 65 minutes here for the
+default experiments, measured under load: 32 minutes for the learned tier's 70 main runs (1,400 samples),
+~5 for the exact tier, 25 for the frontiers' 102 runs (1,020 samples), 2 for evaluation and the report.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ["mini_paper", "mini_exact_tier"]  # mini_frontier, mini_frontier_dps, mini_ablation, mini_gamma_auto: --only
+#: the main tables (5 seeds) and the strength frontiers (3 seeds); mini_ablation and mini_gamma_auto: --only
+EXPERIMENTS = ["mini_paper", "mini_exact_tier", "mini_frontier", "mini_frontier_dps", "mini_frontier_freedom",
+               "mini_frontier_das", "mini_frontier_bon"]
 TASKS = ["mini_aesthetic", "mini_text"]
 
 

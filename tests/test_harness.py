@@ -222,3 +222,23 @@ def test_results_report_is_generated_from_the_records(small_sweep, tmp_path):
     mean = sum(values) / len(values)  # mean over seeds of per-seed means: the report's convention
     row = next(line for line in text.splitlines() if line.startswith("| NTRK (25) "))
     assert f"{mean:.3g}" in row, (row, mean)
+
+
+def test_frontier_measures_are_compared_at_matched_target():
+    """The report's matched-target comparison interpolates along a method's curve sorted by target and refuses
+    to extrapolate past it."""
+    import math
+
+    import pandas as pd
+
+    from ntrk_bench.report import at_target, curve
+
+    rows = [("A", s, m, v, 0.1) for s, (t, y) in {"0.1": (1.0, 10.0), "0.3": (3.0, 30.0), "0.2": (2.0, 14.0)}.items()
+            for m, v in (("target", t), ("held", y))]
+    cv = pd.DataFrame(rows, columns=["frontier", "strength", "metric", "mean", "se"]).assign(n=3)
+    c = curve(cv, "A", "target", "held")
+    assert list(c["strength"]) == ["0.1", "0.2", "0.3"]  # sorted by target, not by the order the runs came in
+    y, se = at_target(c, 2.5)
+    assert y == 22.0 and math.isclose(se, math.hypot(0.05, 0.05))
+    assert at_target(c, 1.0)[0] == 10.0 and at_target(c, 3.0)[0] == 30.0
+    assert math.isnan(at_target(c, 3.5)[0]) and math.isnan(at_target(c, 0.5)[0])
