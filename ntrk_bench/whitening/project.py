@@ -205,10 +205,9 @@ def packed_two_level_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Te
     # integer temporaries are updated in place: fewer live buffers, so the call stays in cache
     index = sort_keys(keys1.view(-1).add_(shift2)).bitwise_and_(fmask)
     flat = x.reshape(-1)
-    sorted_values = flat.take(index)
-    lead = lo_t.shape[:-2]
-    t = torch.clamp(sorted_values.view(*lead, -1, c, x[0].numel() // c), lo_t.unsqueeze(-3), hi_t.unsqueeze(-3))
-    return torch.empty_like(flat).scatter_(0, index, t.view(-1)).view(x.shape)
+    clipped = flat.take(index)  # clipped in place: no second buffer
+    clipped.view(*lo_t.shape[:-2], -1, c, x[0].numel() // c).clamp_(lo_t.unsqueeze(-3), hi_t.unsqueeze(-3))
+    return torch.empty_like(flat).scatter_(0, index, clipped).view(x.shape)
 
 
 def rowsort_two_level_clip(g: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor) -> torch.Tensor:
@@ -218,8 +217,8 @@ def rowsort_two_level_clip(g: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tens
     x = g.reshape(-1, m, c).contiguous()
     s1, i1 = x.sort(dim=-1)
     s2, i2 = s1.transpose(-1, -2).contiguous().sort(dim=-1)
-    t = torch.clamp(s2.view(*lead, c, m), lo_t, hi_t).view(-1, c, m)
-    s1 = torch.empty_like(s2).scatter_(-1, i2, t).transpose(-1, -2)
+    s2.view(*lead, c, m).clamp_(lo_t, hi_t)
+    s1 = torch.empty_like(s2).scatter_(-1, i2, s2).transpose(-1, -2)
     return torch.empty_like(x).scatter_(-1, i1, s1).view(g.shape)
 
 
