@@ -99,7 +99,7 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_items(tmp_path):
     import signal
     import time
 
-    args = [sys.executable, str(ROOT / "run.py"), "model=mini_exact", "method=ntrk", "progress=false"]
+    args = [sys.executable, str(ROOT / "run.py"), "model=mini_exact", "method=ntrk", "progress=false", "evaluate=false"]
     ref = subprocess.run(args + [f"out_dir={tmp_path}/ref"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "killed"
@@ -142,7 +142,7 @@ def test_submitit_sweep_killed_and_rerun_is_complete_and_unique(tmp_path):
 
     out = tmp_path / "runs"
     args = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=local", "model=mini_exact", "method=base,ntrk",
-            "seed=0,1", "task.prompts=[a handwritten 2,a handwritten 7,a handwritten 9]", "progress=false",
+            "seed=0,1", "task.prompts=[a handwritten 2,a handwritten 7,a handwritten 9]", "progress=false", "evaluate=false",
             f"hydra.sweep.dir={tmp_path}/sweep", f"out_dir={out}/" + "${method.name}_${seed}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
