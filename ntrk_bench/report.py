@@ -404,10 +404,10 @@ def frontier_section(fr: pd.DataFrame, docs: Path) -> list[str]:
              "a method's curve (sorted by target) at a few target levels that most methods reach. The "
              "comparison is unpaired (different runs), with the interpolated SEs added in quadrature; the "
              "target's own SE is left out.", ""]
-    lines += frontier_plot(fr, docs)
-    for task in TASKS:
+    curves = {task: frontier_curves(fr, task) for task in TASKS}
+    lines += frontier_plot(curves, docs)
+    for task, cv in curves.items():
         target = TASKS[task][0]
-        cv = frontier_curves(fr, task)
         if cv.empty:
             continue
         measures = FRONTIER_MEASURES[task]
@@ -424,16 +424,15 @@ def frontier_section(fr: pd.DataFrame, docs: Path) -> list[str]:
                 rows.append(row)
         lines += [f"### {task}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
         lines += matched_target_table(cv, task)
-    lines += gamma_default(fr)
+    lines += gamma_default(curves)
     return lines
 
 
-def gamma_default(fr: pd.DataFrame) -> list[str]:
+def gamma_default(curves: dict[str, pd.DataFrame]) -> list[str]:
     """NTRK's default strength, decided by measurement: gamma = auto (mini_paper) against the paper's 0.3
     (mini_frontier), unpaired, on every measure of the frontier tables."""
     rows = []
-    for task in TASKS:
-        cv = frontier_curves(fr, task)
+    for task, cv in curves.items():
         for m in [TASKS[task][0]] + FRONTIER_MEASURES[task]:
             pick = lambda g: cv[(cv["frontier"] == "NTRK (25)") & (cv["strength"] == g) & (cv["metric"] == m)]  # noqa: E731
             a, b = pick("auto"), pick("0.3")
@@ -489,7 +488,7 @@ def matched_target_table(cv: pd.DataFrame, task: str) -> list[str]:
             pd.DataFrame(verdicts).to_markdown(index=False), ""]
 
 
-def frontier_plot(fr: pd.DataFrame, docs: Path) -> list[str]:
+def frontier_plot(curves: dict[str, pd.DataFrame], docs: Path) -> list[str]:
     """Held-out and quality measures against the target gap (log axis), one labelled curve per method."""
     import matplotlib
 
@@ -499,8 +498,8 @@ def frontier_plot(fr: pd.DataFrame, docs: Path) -> list[str]:
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     labels = {"log_density_percentile": "log-density percentile among real digits", "hf_share": "HF share (speckle)",
               "mini_bold_heldout": "held-out stroke width", "mini_exemplar_heldout": "held-out exemplar cosine"}
-    for i, task in enumerate(TASKS):
-        target, cv = TASKS[task][0], frontier_curves(fr, task)
+    for i, (task, cv) in enumerate(curves.items()):
+        target = TASKS[task][0]
         for ax, metric in zip(axes[i], FRONTIER_MEASURES[task]):
             for method, (_, _, knob) in FRONTIERS.items():
                 c = curve(cv, method, target, metric)
