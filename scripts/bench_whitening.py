@@ -10,11 +10,13 @@ the operators timed interleaved (medians):
 * ``floor``: the sorts, scatters, gathers and transforms that call issues - every ``torch.sort`` and packed-key
   sort (``ntrk_bench::sort_keys`` / ``sort_rows``), every gather/take and scatter, every matrix product and
   FFT (``FLOOR_OPS``) - captured with their arguments and replayed alone: the work this configuration cannot
-  avoid, done the way the operator does it. ``ratio`` = ms / floor is what everything else costs on top:
+  avoid, done the way the operator does it. ``ratio`` = ms / floor (median of the per-round ratios) is what
+  everything else costs on top:
   building the integer sort keys, clipping, the tile statistics, layout copies, dispatch;
 * ``kernels`` / ``syncs``: aten ops per call that launch work (views and bare allocations excluded) and
   that read a value back to the host, counted with a dispatch-mode census (``ntrk_bench.whitening.census``);
-* ``vs ref``: speed-up over the previous operator (``scripts/whitening_reference.py``), and ``max|dW|``
+* ``vs ref``: speed-up over the previous operator (``scripts/whitening_reference.py``; median of the per-round
+  ratios), and ``max|dW|``
   the largest output difference between the two on the same noise;
 * ``ulp``: the largest output change when the input is scaled by (1 + 2^-23), on noise and on a smooth field.
 
@@ -70,8 +72,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict, device: torch.device, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median and minimum milliseconds per call of each function, one warm-up each, then the functions in turn.
+def interleaved(fns: dict, device: torch.device, repeats: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each function, one warm-up each, then the functions in turn, ``repeats``
+    rounds: ``times[name][i]`` is round i, so that ratios can be taken within a round (see :func:`paired`).
 
     On CPU the clock is the calling thread's CPU time (run with OMP_NUM_THREADS=1, so all the work is on
     that thread): on a shared machine it leaves out the time the process waits for a core. On a GPU it is
@@ -87,7 +90,14 @@ def interleaved(fns: dict, device: torch.device, repeats: int) -> tuple[dict[str
             fn()
             sync(device)
             times[name].append((clock() - t) * 1000)
-    return ({name: statistics.median(v) for name, v in times.items()}, {name: min(v) for name, v in times.items()})
+    return times
+
+
+def paired(num: list[float], den: list[float]) -> float:
+    """Median over rounds of num_i / den_i. The calls of one round run back to back, so a slow spell of a
+    shared machine (other tenants, frequency changes: medians here drift by 30-50% over minutes) scales
+    both; the ratio of the two medians would carry that drift."""
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def census(fn) -> OpCensus:
@@ -129,13 +139,15 @@ def bench(name: str, shape, cfg_name: str, batch: int, device: torch.device, rep
         sync(device)
         compile_s = time.perf_counter() - t
         fns["compiled"] = lambda: W_compiled(x)
-    ms, best = interleaved(fns, device, repeats)
+    times = interleaved(fns, device, repeats)
+    ms = {name: statistics.median(v) for name, v in times.items()}
+    best = {name: min(v) for name, v in times.items()}
     new, old = census(lambda: W(x)), census(lambda: W_ref(x))
     ulp = 1.0 + 2.0 ** -23
     row = {"latent": name, "shape": "x".join(map(str, shape)), "batch": batch, "device": str(device),
-           "ms": ms["W"], "floor_ms": ms["floor"], "ratio": ms["W"] / ms["floor"], "kernels": new.kernels,
+           "ms": ms["W"], "floor_ms": ms["floor"], "ratio": paired(times["W"], times["floor"]), "kernels": new.kernels,
            "syncs": new.n_syncs, "ref_ms": ms["ref"], "ref_kernels": old.kernels, "ref_syncs": old.n_syncs,
-           "speedup": ms["ref"] / ms["W"], "max_diff_vs_ref": (W(x) - W_ref(x)).abs().max().item(),
+           "speedup": paired(times["ref"], times["W"]), "max_diff_vs_ref": (W(x) - W_ref(x)).abs().max().item(),
            "ulp_noise": (W(x * ulp) - W(x)).abs().max().item(), "ulp_smooth": (W(smooth * ulp) - W(smooth)).abs().max().item(),
            "precompute_ms": precompute,
            # minima: what a quiet machine gives (on a shared CPU, medians carry the other processes' load)

@@ -28,7 +28,12 @@ _SQRT2 = math.sqrt(2.0)
 
 
 # ----------------------------------------------------------------------------- compact real Fourier (eq. 111-112)
-def compact_rfft(x: torch.Tensor) -> torch.Tensor:
+def compact_scale(n: int, like: torch.Tensor) -> torch.Tensor:
+    """[1, sqrt 2, ..., sqrt 2, 1] (length n): the weights of the compact layout's n outputs, eq. (112)."""
+    return _COMPACT_SCALE(n, like)
+
+
+def compact_rfft(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Orthonormal compact real Fourier transform along the last axis (even length n), eq. (111)-(112).
 
     Keeps the two real boundary bins (DC, Nyquist) and the n/2 - 1 interior bins as sqrt(2) Re and
@@ -37,27 +42,36 @@ def compact_rfft(x: torch.Tensor) -> torch.Tensor:
     that a frequency's real and imaginary parts, and neighbouring frequencies, share a 2OS chunk: chunks
     then constrain spectral *power* locally, which measurably flattens the spectrum of whitened
     structured inputs compared with the [real parts | imaginary parts] concatenation.
+
+    That order is the spectrum's own (Re_0, Im_0, Re_1, Im_1, ..., Re_n/2, Im_n/2) without the two
+    imaginary parts that are zero: DC is copied into the slot of its imaginary part, and one weighted
+    product reads the n entries from there on into ``out`` (any layout, e.g. a transposed view).
     """
     n = x.shape[-1]
     if n % 2:
         raise ValueError(f"the compact Fourier domain needs an even length, got {n}")
-    f = torch.fft.rfft(x, dim=-1, norm="ortho")
-    interior = torch.view_as_real(f[..., 1:-1]).flatten(-2) * _SQRT2  # Re_1, Im_1, Re_2, Im_2, ...
-    return torch.cat([f[..., :1].real, interior, f[..., -1:].real], dim=-1)
+    f = torch.view_as_real(torch.fft.rfft(x, dim=-1, norm="ortho")).flatten(-2)  # (..., n + 2)
+    f[..., 1] = f[..., 0]
+    return torch.mul(f[..., 1:-1], compact_scale(n, x), out=out)
 
 
 def compact_irfft(y: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`compact_rfft`."""
+    """Inverse of :func:`compact_rfft`: the weighted entries go back into a spectrum's (Re, Im) slots, the
+    two imaginary parts that the compact layout drops are set to zero."""
     n = y.shape[-1]
-    interior = torch.view_as_complex((y[..., 1:-1] / _SQRT2).reshape(*y.shape[:-1], n // 2 - 1, 2).contiguous())
-    zero = torch.zeros_like(y[..., :1])
-    f = torch.cat([torch.complex(y[..., :1], zero), interior, torch.complex(y[..., -1:], zero)], dim=-1)
-    return torch.fft.irfft(f, n=n, dim=-1, norm="ortho")
+    f = y.new_empty(*y.shape[:-1], n + 2)
+    torch.div(y, compact_scale(n, y), out=f[..., 1:-1])
+    f[..., 0] = f[..., 1]
+    f[..., 1::n] = 0.0  # Im_0 and Im_n/2
+    return torch.fft.irfft(torch.view_as_complex(f.view(*y.shape[:-1], n // 2 + 1, 2)), n=n, dim=-1, norm="ortho")
 
 
 def fourier2d(x: torch.Tensor) -> torch.Tensor:
-    """Separable compact Fourier transform over both spatial axes (W, then H)."""
-    return compact_rfft(compact_rfft(x).transpose(-1, -2)).transpose(-1, -2)
+    """Separable compact Fourier transform over both spatial axes (W, then H); the second transform writes
+    straight into the (H, W) layout."""
+    out = torch.empty_like(x)
+    compact_rfft(compact_rfft(x).transpose(-1, -2), out=out.transpose(-1, -2))
+    return out
 
 
 def ifourier2d(y: torch.Tensor) -> torch.Tensor:
@@ -120,8 +134,8 @@ def hadamard_factors(n: int, max_bits: int = 6) -> list[int]:
 
 
 class MatrixCache:
-    """Float64 matrices built once, then cast and moved per (device, dtype) on first use (the only tensors
-    W makes on the CPU: one 2 x 2 ... n x n Hadamard matrix per size)."""
+    """Float64 tables built once, then cast and moved per (device, dtype) on first use (the only tensors W
+    makes on the CPU: one Hadamard matrix and one compact-Fourier weight vector per size)."""
 
     def __init__(self, build: Callable[[int], torch.Tensor]):
         self.build, self.master, self.copies = build, {}, {}
@@ -137,6 +151,7 @@ class MatrixCache:
 
 
 _HADAMARD = MatrixCache(sylvester_hadamard)
+_COMPACT_SCALE = MatrixCache(lambda n: torch.full((n,), _SQRT2, dtype=torch.float64).index_fill_(0, torch.tensor([0, n - 1]), 1.0))
 
 
 def hadamard_along(v: torch.Tensor, factors: list[int]) -> torch.Tensor:

@@ -48,6 +48,20 @@ def groups(x: torch.Tensor, k) -> torch.Tensor:
     return tiles(x, k).permute(0, 1, 2, 4, 3, 5).reshape(b, -1, kh * kw)
 
 
+def chunk_major(x: torch.Tensor, k) -> torch.Tensor:
+    """(B, C, H, W) of a 4-byte dtype -> (B, C, H/kh, W/kw, kh, kw), contiguous: every patch's entries
+    together. A patch row (kw entries) moves as kw / 4 16-byte or kw / 2 8-byte elements where kw allows:
+    the same bytes as the plain permuted copy, 2-4x fewer elements to move (the copy's cost is per element)."""
+    b, c, h, w = x.shape
+    kh, kw = patch_dims(k)
+    six = (b, c, h // kh, w // kw, kh, kw)
+    for wide, per in ((torch.complex128, 4), (torch.int64, 2)):
+        if kw % per == 0 and x.element_size() == 4 and x.is_contiguous():
+            rows = x.view(wide).view(b, c, h // kh, kh, w // kw, kw // per)
+            return rows.permute(0, 1, 2, 4, 3, 5).contiguous().view(x.dtype).view(six)
+    return tiles(x, k).permute(0, 1, 2, 4, 3, 5).contiguous()
+
+
 def ungroup(g: torch.Tensor, k, shape: torch.Size) -> torch.Tensor:
     """Inverse of :func:`groups`."""
     b, c, h, w = shape
@@ -156,11 +170,13 @@ def packed_tables(shape: tuple, k, device, cache: dict | None = None):
         raise ValueError(f"a {tuple(shape)} field with {kh}x{kw} chunks does not fit a 63-bit sort key")
     i64 = dict(dtype=torch.int64, device=device)
     offset = torch.arange(kh, **i64).view(kh, 1, 1) * w + torch.arange(kw, **i64)  # (kh, 1, kw)
-    if by_rows:  # chunk layout, no row bits
-        base1 = torch.zeros(n_rows, **i64).view(n_s, c_, hb, wb, 1, 1) + ((1 << 31) << fb) + offset.view(kh, kw)
-    else:  # field layout (n_s, c_, h, w), rows counted within their block
-        local = torch.arange(n_rows, **i64) % (rows_per_block * wb)
-        base1 = ((local.view(n_s, c_, hb, 1, wb, 1) << (32 + fb)) + ((1 << 31) << fb) + offset).view(shape)
+    # base1 repeats with every sorted row (a chunk, or a block of chunk rows): one period of it is broadcast,
+    # so the key add reads a table that stays in cache instead of one as large as the keys
+    if by_rows:  # chunk layout (kh, kw), no row bits
+        base1 = ((1 << 31) << fb) + offset.view(kh, kw)
+    else:  # field layout, one block of rows_per_block chunk rows, the rows counted within it
+        local = torch.arange(rows_per_block * wb, **i64)
+        base1 = ((local.view(rows_per_block, 1, wb, 1) << (32 + fb)) + ((1 << 31) << fb) + offset).view(1, -1)
     p = torch.arange(n_rows * c, **i64)
     srow, j = p // c, p % c
     sample, rest = srow // m, srow % m
@@ -197,11 +213,11 @@ def packed_two_level_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Te
     """
     base1, shift2, fb, fmask, by_rows, block = packed_tables(tuple(x.shape), k, x.device, cache)
     c = math.prod(patch_dims(k))
-    values = ordered_int32(x)  # the adds below promote it to int64 (no conversion kernel)
+    values = ordered_int32(x)  # the adds below promote it to int64
     if by_rows:  # the keys in chunk layout, each chunk a row
-        keys1 = sort_rows(torch.add(base1, tiles(values, k).permute(0, 1, 2, 4, 3, 5), alpha=1 << fb).view(-1, c))
+        keys1 = sort_rows(torch.add(base1, chunk_major(values, k), alpha=1 << fb).view(-1, c))
     else:  # sorted in blocks of whole chunk rows: the same order as one sort of all keys, in cache-sized pieces
-        keys1 = sort_rows(torch.add(base1, values, alpha=1 << fb).view(-1, block))
+        keys1 = sort_rows(torch.add(base1, values.view(-1, block), alpha=1 << fb))
     # integer temporaries are updated in place: fewer live buffers, so the call stays in cache
     index = sort_keys(keys1.view(-1).add_(shift2)).bitwise_and_(fmask)
     flat = x.reshape(-1)
@@ -210,16 +226,13 @@ def packed_two_level_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Te
     return torch.empty_like(flat).scatter_(0, index, clipped).view(x.shape)
 
 
-def rowsort_two_level_clip(g: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor) -> torch.Tensor:
-    """One 2OS pass on a (..., m, c) stack of chunk matrices with two ``torch.sort`` calls (rows, then the
-    transposed columns as rows) and two scatters (the inverse permutations)."""
-    *lead, m, c = g.shape
-    x = g.reshape(-1, m, c).contiguous()
-    s1, i1 = x.sort(dim=-1)
-    s2, i2 = s1.transpose(-1, -2).contiguous().sort(dim=-1)
-    s2.view(*lead, c, m).clamp_(lo_t, hi_t)
-    s1 = torch.empty_like(s2).scatter_(-1, i2, s2).transpose(-1, -2)
-    return torch.empty_like(x).scatter_(-1, i1, s1).view(g.shape)
+def rowsort_two_level_clip(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """One 2OS pass on a (..., m, c) stack of chunk matrices with two ``torch.sort`` calls (rows, then
+    columns) and two scatters (the inverse permutations); ``lo`` / ``hi`` are (m, c) or broadcast."""
+    s1, i1 = g.sort(dim=-1)
+    s2, i2 = s1.sort(dim=-2)
+    s2.clamp_(lo, hi)
+    return torch.empty_like(g).scatter_(-1, i1, torch.empty_like(s2).scatter_(-2, i2, s2))
 
 
 def sort_clip_unsort(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, passes: int = 1,
@@ -259,7 +272,7 @@ def clip_matrices(g: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor, passe
             n_mat = math.prod(lead)
             x = packed_two_level_clip(x.view(n_mat, 1, m, c), (1, c), lo_t, hi_t, cache).view(g.shape)
         else:
-            x = rowsort_two_level_clip(x, lo_t, hi_t)
+            x = rowsort_two_level_clip(x, lo_t.transpose(-1, -2), hi_t.transpose(-1, -2))
     return x
 
 
@@ -286,7 +299,7 @@ def project_2os(x: torch.Tensor, k, level: float, ref: tuple = ("normal",), cach
     if m * c < PACKED_SORT_MIN:
         g = groups(x, k)
         for _ in range(passes):
-            g = rowsort_two_level_clip(g, lo_t, hi_t)
+            g = rowsort_two_level_clip(g, lo_t.t(), hi_t.t())
         return ungroup(g, k, x.shape)
     x = x.contiguous()
     for _ in range(passes):
