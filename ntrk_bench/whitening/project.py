@@ -226,12 +226,13 @@ def packed_two_level_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Te
     return torch.empty_like(flat).scatter_(0, index, clipped).view(x.shape)
 
 
-def rowsort_two_level_clip(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+def rowsort_two_level_clip(g: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor) -> torch.Tensor:
     """One 2OS pass on a (..., m, c) stack of chunk matrices with two ``torch.sort`` calls (rows, then
-    columns) and two scatters (the inverse permutations); ``lo`` / ``hi`` are (m, c) or broadcast."""
+    columns) and two scatters (the inverse permutations); ``lo_t`` / ``hi_t`` are the transposed (c, m)
+    bounds, or broadcast against the transposed matrices."""
     s1, i1 = g.sort(dim=-1)
     s2, i2 = s1.sort(dim=-2)
-    s2.clamp_(lo, hi)
+    s2.transpose(-1, -2).clamp_(lo_t, hi_t)
     return torch.empty_like(g).scatter_(-1, i1, torch.empty_like(s2).scatter_(-2, i2, s2))
 
 
@@ -272,7 +273,7 @@ def clip_matrices(g: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor, passe
             n_mat = math.prod(lead)
             x = packed_two_level_clip(x.view(n_mat, 1, m, c), (1, c), lo_t, hi_t, cache).view(g.shape)
         else:
-            x = rowsort_two_level_clip(x, lo_t.transpose(-1, -2), hi_t.transpose(-1, -2))
+            x = rowsort_two_level_clip(x, lo_t, hi_t)
     return x
 
 
@@ -299,7 +300,7 @@ def project_2os(x: torch.Tensor, k, level: float, ref: tuple = ("normal",), cach
     if m * c < PACKED_SORT_MIN:
         g = groups(x, k)
         for _ in range(passes):
-            g = rowsort_two_level_clip(g, lo_t.t(), hi_t.t())
+            g = rowsort_two_level_clip(g, lo_t, hi_t)
         return ungroup(g, k, x.shape)
     x = x.contiguous()
     for _ in range(passes):
@@ -351,22 +352,20 @@ def nested_runs(ks: list) -> list[list]:
     return runs
 
 
-def _project_stats(mean: torch.Tensor, mean_sq: torch.Tensor, k, level: float, stat_chunk: int, cache: dict,
+def _project_stats(tile_mean: torch.Tensor, tile_sq: torch.Tensor, k, level: float, stat_chunk: int, cache: dict,
                    passes: int) -> torch.Tensor:
-    """2OS (eq. 93) of a tile-mean and a tile-mean-square field (B, C, fh, fw) in one batched
-    sort-clip-unsort, chunked stat_chunk x stat_chunk so that neighbouring tiles share a chunk; returns the
-    two target fields stacked, (2, B, C, fh, fw), contiguous."""
-    b, c, fh, fw = mean.shape
-    kc = stat_chunk_side((fh, fw), stat_chunk)
-
-    def chunked(f):  # (b, c, fh, fw) -> (b, c, fh/kc, fw/kc, kc, kc) view: rows of the 2OS chunk matrices
-        return f.view(b, c, fh // kc, kc, fw // kc, kc).permute(0, 1, 2, 4, 3, 5)
-
-    stats = torch.stack([chunked(mean), chunked(mean_sq)])  # contiguous (2, b, m, kc * kc)
-    lo, hi = tile_stat_bounds((b, c, fh * patch_dims(k)[0], fw * patch_dims(k)[1]), k, level, stat_chunk,
-                              mean.device, cache)
+    """2OS (eq. 93) of a tile-mean and a tile-mean-square field, each (B, C, gh, 1, gw, 1) (the tile grid,
+    with the unit dims that broadcast it onto the finest tiles), in one batched sort-clip-unsort, chunked
+    stat_chunk x stat_chunk so that neighbouring tiles share a chunk; returns the two target fields stacked,
+    (2, B, C, gh, 1, gw, 1), contiguous."""
+    b, c, gh, _, gw, _ = tile_mean.shape
+    kc = stat_chunk_side((gh, gw), stat_chunk)
+    chunks = (b, c, gh // kc, kc, gw // kc, kc)  # rows of the 2OS chunk matrices after the permute
+    stats = torch.stack([tile_mean.view(chunks).permute(0, 1, 2, 4, 3, 5), tile_sq.view(chunks).permute(0, 1, 2, 4, 3, 5)])
+    kh, kw = patch_dims(k)
+    lo, hi = tile_stat_bounds((b, c, gh * kh, gw * kw), k, level, stat_chunk, tile_mean.device, cache)
     target = clip_matrices(stats.view(2, b, -1, kc * kc), lo, hi, passes, cache).view(stats.shape)
-    return target.permute(0, 1, 2, 3, 5, 4, 6).reshape(2, b, c, fh, fw)  # back to the field's tile order
+    return target.permute(0, 1, 2, 3, 5, 4, 6).reshape(2, b, c, gh, 1, gw, 1)  # back to the field's tile order
 
 
 def dead_tile_threshold(x: torch.Tensor, rel_eps: float = 1e-10) -> torch.Tensor:
@@ -402,7 +401,6 @@ def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chun
     # one field apart, so every per-tile reduction and broadcast runs over whole contiguous fields (a layout
     # copy in and one out cost less than the same ops on the field's own layout, with its inner runs of kw0)
     xt = tiles(x, ks[0]).permute(0, 1, 3, 5, 2, 4).reshape(b, c, kh0 * kw0, fh, fw)
-    pool = torch.nn.functional.avg_pool2d
     mean = xt.mean(2)  # (b, c, fh, fw)
     centred = xt - mean.unsqueeze(2)
     # the rounding of the mean leaves centred tiles a residual mean (float round-off) that a large gain would
@@ -411,34 +409,36 @@ def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chun
     mean_sq = centred.square().mean(2)
     if threshold is None:
         threshold = dead_tile_threshold(x, rel_eps)
+    threshold = threshold.view(b, 1, 1, 1, 1, 1)
+    pool = torch.nn.functional.avg_pool2d
+    # the finest tiles' arrays are viewed (b, c, gh, rh, gw, rw) at each side: rh x rw finest tiles in each of
+    # the gh x gw tiles of that side, whose statistics keep unit dims (b, c, gh, 1, gw, 1) and so broadcast
     gain = None  # per finest tile: the product of the gains so far
     for level_i, k in enumerate(ks):
         kh, kw = patch_dims(k)
         if kh % kh0 or kw % kw0:
             raise ValueError(f"tile {kh}x{kw} is not a union of {kh0}x{kw0} tiles")
         rh, rw = kh // kh0, kw // kw0
-        gh, gw = fh // rh, fw // rw
+        six = (b, c, fh // rh, rh, fw // rw, rw)
+        mean, mean_sq = mean.view(six), mean_sq.view(six)
         if (rh, rw) == (1, 1):
             tile_mean, tile_sq = mean, mean_sq
         else:  # coarse tile statistics from the finest tiles' (parallel-axis identity)
-            tile_mean = pool(mean, (rh, rw))
-            spread = mean.view(b, c, gh, rh, gw, rw) - tile_mean.view(b, c, gh, 1, gw, 1)
-            flat_spread = spread.view(mean.shape)
-            tile_sq = pool(torch.addcmul(mean_sq, flat_spread, flat_spread), (rh, rw))
+            onto = (b, c, fh // rh, 1, fw // rw, 1)
+            tile_mean = pool(mean.view(b, c, fh, fw), (rh, rw)).view(onto)
+            spread = mean - tile_mean
+            tile_sq = pool(torch.addcmul(mean_sq, spread, spread).view(b, c, fh, fw), (rh, rw)).view(onto)
         target = _project_stats(tile_mean, tile_sq, k, level, stat_chunk, cache, passes)
         gain_sq = (target[1] / tile_sq).masked_fill_(tile_sq <= threshold, 0.0)  # dead tiles: gain 0
         tile_gain = gain_sq.sqrt()
-        last = level_i == len(ks) - 1
         if (rh, rw) == (1, 1):
             mean, gain = target[0], tile_gain
-            if not last:
-                mean_sq = mean_sq * gain_sq
         else:
-            onto = (b, c, gh, 1, gw, 1)  # a coarse-tile field onto its finest tiles
-            mean = torch.addcmul(target[0].view(onto), spread, tile_gain.view(onto)).view(b, c, fh, fw)
-            gain = (gain.view(spread.shape) * tile_gain.view(onto)).view(b, c, fh, fw)
-            if not last:
-                mean_sq = (mean_sq.view(spread.shape) * gain_sq.view(onto)).view(b, c, fh, fw)
+            mean = torch.addcmul(target[0], spread, tile_gain)
+            gain = gain.view(six) * tile_gain
+        if level_i < len(ks) - 1:
+            mean_sq = mean_sq * gain_sq
+    mean, gain = mean.reshape(b, c, fh, fw), gain.reshape(b, c, fh, fw)
     # every finest tile: its final mean plus its gain times its centred part (less the residual mean)
     out = torch.addcmul(torch.addcmul(mean, gain, residual, value=-1.0).unsqueeze(2), centred, gain.unsqueeze(2))
     return out.view(b, c, kh0, kw0, fh, fw).permute(0, 1, 4, 2, 5, 3).reshape(x.shape)
