@@ -33,8 +33,8 @@ import torch
 
 from .bounds import two_level_bounds
 from .domains import make_domain
-from .project import (dead_tile_threshold, nested_runs, patch_dims, project_2os, project_block_norms, project_norm,
-                      project_tile_stats_nested, stat_chunk_side, tiles)
+from .project import (check_patches, dead_tile_threshold, nested_runs, project_2os, project_block_norms, project_norm,
+                      project_tile_stats_nested, stat_chunk_side)
 
 
 @dataclass
@@ -79,6 +79,7 @@ class Whitening:
         self.event_shape = tuple(event_shape)
         self.field = field_shape(self.event_shape)
         self.blocks = [(b, make_domain(b.domain, b.tile, b.mix)) for b in self.cfg.blocks]
+        self._runs = [nested_runs(b.tiles) for b in self.cfg.blocks]  # tile sides composed together
         self._cache: dict = {}  # per-device tensors: bounds, sort-key offsets, statistic scales
         self._check_and_compute_bounds()
         if device is not None:
@@ -90,20 +91,18 @@ class Whitening:
         c, h, w = self.field
         for block, _ in self.blocks:
             if block.domain == "hadamard" and block.tile:
-                tiles(torch.empty(1, c, h, w, device="meta"), block.tile)
+                check_patches((h, w), block.tile)
             for k in block.chunks:
-                kh, kw = patch_dims(k)
-                tiles(torch.empty(1, c, h, w, device="meta"), k)
+                kh, kw = check_patches((h, w), k)
                 two_level_bounds(c * (h // kh) * (w // kw), kh * kw, self.cfg.level, ("normal",))
             for k in block.tiles:
-                kh, kw = patch_dims(k)
-                tiles(torch.empty(1, c, h, w, device="meta"), k)
+                kh, kw = check_patches((h, w), k)
                 kc = stat_chunk_side((h // kh, w // kw), self.cfg.stat_chunk)
                 m = c * (h // kh // kc) * (w // kw // kc)
                 for ref in (("normal",), ("chi2", kh * kw - 1)):
                     two_level_bounds(m, kc * kc, self.cfg.level, ref)
             for k in block.block_norms:
-                tiles(torch.empty(1, c, h, w, device="meta"), k)
+                check_patches((h, w), k)
 
     def precompute(self, device: str | torch.device = "cpu", batch: int = 1) -> None:
         """Make every device-side table this configuration needs on ``device`` now (else on first call)."""
@@ -121,13 +120,13 @@ class Whitening:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fields(x)
         level, cache, passes = self.cfg.level, self._cache, self.cfg.passes
-        dead = dead_tile_threshold(y) if any(block.tiles for block, _ in self.blocks) else None
-        for block, domain in self.blocks * self.cfg.cycles:
+        dead = dead_tile_threshold(y) if any(self._runs) else None
+        for (block, domain), runs in zip(self.blocks * self.cfg.cycles, self._runs * self.cfg.cycles):
             q = domain.forward(y)
             for _ in range(block.repeats):
                 for k in block.chunks:
                     q = project_2os(q, k, level, ("normal",), cache, passes)
-                for run in nested_runs(block.tiles):  # the sides in order, nested ones composed
+                for run in runs:  # the sides in order, nested ones composed
                     q = project_tile_stats_nested(q, run, level, self.cfg.stat_chunk, cache, passes, threshold=dead)
                 for k in block.block_norms:
                     q = project_block_norms(q, k)

@@ -32,12 +32,19 @@ def patch_dims(k) -> tuple[int, int]:
     return int(kh), int(kw)
 
 
+def check_patches(shape, k) -> tuple[int, int]:
+    """The patch dims of ``k``, after checking that they tile the spatial size of a (..., H, W) shape."""
+    kh, kw = patch_dims(k)
+    h, w = shape[-2:]
+    if h % kh or w % kw:
+        raise ValueError(f"patch {kh}x{kw} does not tile the spatial size {h}x{w}")
+    return kh, kw
+
+
 def tiles(x: torch.Tensor, k) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H/kh, kh, W/kw, kw), a view: the k x k patches without a layout copy."""
     b, c, h, w = x.shape
-    kh, kw = patch_dims(k)
-    if h % kh or w % kw:
-        raise ValueError(f"patch {kh}x{kw} does not tile the spatial size {h}x{w}")
+    kh, kw = check_patches(x.shape, k)
     return x.reshape(b, c, h // kh, kh, w // kw, kw)
 
 
@@ -222,8 +229,10 @@ def packed_two_level_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Te
     index = sort_keys(keys1.view(-1).add_(shift2)).bitwise_and_(fmask)
     flat = x.reshape(-1)
     clipped = flat.take(index)  # clipped in place: no second buffer
-    clipped.view(*lo_t.shape[:-2], -1, c, x[0].numel() // c).clamp_(lo_t.unsqueeze(-3), hi_t.unsqueeze(-3))
-    return torch.empty_like(flat).scatter_(0, index, clipped).view(x.shape)
+    # bounds (.., 1, c, m) against the clipped values as (.., samples, c, m); the integer values, spent, take
+    # the result
+    clipped.view(*lo_t.shape[:-3], -1, c, x[0].numel() // c).clamp_(lo_t, hi_t)
+    return values.view(x.dtype).view(-1).scatter_(0, index, clipped).view(x.shape)
 
 
 def rowsort_two_level_clip(g: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tensor) -> torch.Tensor:
@@ -233,7 +242,7 @@ def rowsort_two_level_clip(g: torch.Tensor, lo_t: torch.Tensor, hi_t: torch.Tens
     s1, i1 = g.sort(dim=-1)
     s2, i2 = s1.sort(dim=-2)
     s2.transpose(-1, -2).clamp_(lo_t, hi_t)
-    return torch.empty_like(g).scatter_(-1, i1, torch.empty_like(s2).scatter_(-2, i2, s2))
+    return s2.scatter_(-1, i1, s1.scatter_(-2, i2, s2))  # each scatter writes every entry: spent sorts take it
 
 
 def sort_clip_unsort(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, passes: int = 1,
@@ -293,7 +302,7 @@ def project_2os(x: torch.Tensor, k, level: float, ref: tuple = ("normal",), cach
     through the chunk matrix of :func:`groups` (:func:`rowsort_two_level_clip`)."""
     cache = {} if cache is None else cache
     kh, kw = patch_dims(k)
-    tiles(x[:1], k)  # checks that the chunks tile the field
+    check_patches(x.shape, k)
     c = kh * kw
     m = x[0].numel() // c
     lo_t, hi_t = transposed_bounds(m, c, level, ref, x.device, cache)
