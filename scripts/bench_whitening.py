@@ -37,7 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ntrk_bench import diagnostics as D
 from ntrk_bench.config import load_group
 from ntrk_bench.whitening import Whitening, two_level_bounds
-from ntrk_bench.whitening.census import OpCensus
+from ntrk_bench.whitening.census import OpCensus, run_decomposed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import whitening_reference as reference  # noqa: E402  (the previous operator; only this script imports it)
@@ -57,14 +57,18 @@ class FloorRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = run_decomposed(self, func, args, kwargs)  # e.g. matmul as the mm / bmm that run
+        if out is not NotImplemented:
+            return out
         if func.overloadpacket.__name__ in FLOOR_OPS:
             clone = lambda a: a.clone() if isinstance(a, torch.Tensor) else a  # noqa: E731
             self.calls.append((func, [clone(a) for a in args], {k: clone(v) for k, v in kwargs.items()}))
         return func(*args, **kwargs)
 
     def replay(self) -> None:
-        for func, args, kwargs in self.calls:
-            func(*args, **kwargs)
+        with torch.inference_mode():  # as W runs them
+            for func, args, kwargs in self.calls:
+                func(*args, **kwargs)
 
 
 def sync(device: torch.device) -> None:

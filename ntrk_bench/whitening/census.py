@@ -33,6 +33,9 @@ class OpCensus(TorchDispatchMode):
         self.syncs: Counter = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = run_decomposed(self, func, args, kwargs or {})
+        if out is not NotImplemented:  # counted as the ops it decomposes into
+            return out
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
         self.ops[name] += 1
@@ -45,6 +48,18 @@ class OpCensus(TorchDispatchMode):
     @property
     def n_syncs(self) -> int:
         return sum(self.syncs.values())
+
+
+def run_decomposed(mode: TorchDispatchMode, func, args, kwargs):
+    """Run a composite op (one with a CompositeImplicitAutograd kernel, e.g. ``matmul``, ``reshape``,
+    ``fft_rfft``) as the ops it decomposes into, which then reach ``mode`` one by one; NotImplemented for
+    any other op. Outside inference mode autograd decomposes these before a dispatch mode sees them; inside
+    (where W runs) the mode sees them whole, so without this a census would count ``matmul`` where ``mm``
+    runs, and a ``reshape`` that copies as no copy."""
+    if torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
+        with mode:  # the parts go through the mode again
+            return func.decompose(*args, **kwargs)
+    return NotImplemented
 
 
 def _device_to_host(name: str, args, out) -> bool:

