@@ -8,7 +8,7 @@ the operators timed interleaved (medians):
 
 * ``ms``: one call of W (``conf/whitening/full`` or ``full_wan``) on fresh noise (CPU: thread CPU time);
 * ``floor``: the sorts, scatters, gathers and transforms that call issues - every ``torch.sort`` and packed-key
-  sort (``ntrk_bench::sort_keys`` / ``sort_rows``), every gather/take and scatter, every matrix product and
+  sort (``ntrk_bench::sort_keys`` / ``sort_rows``), every gather (take, index_select) and scatter, every matrix product and
   FFT (``FLOOR_OPS``) - captured with their arguments and replayed alone: the work this configuration cannot
   avoid, done the way the operator does it. ``ratio`` = ms / floor (median of the per-round ratios) is what
   everything else costs on top:
@@ -44,7 +44,8 @@ import whitening_reference as reference  # noqa: E402  (the previous operator; o
 
 LATENTS = {"flux512": ((16, 64, 64), "full"), "flux1024": ((16, 128, 128), "full"), "wan21": ((16, 21, 60, 104), "full_wan")}
 QUICK = {"flux_small": ((4, 32, 32), "full"), "video_small": ((4, 3, 12, 16), "quick_video")}
-FLOOR_OPS = frozenset({"sort", "argsort", "sort_keys", "sort_rows", "scatter", "scatter_", "gather", "index", "take", "mm", "bmm", "matmul",
+FLOOR_OPS = frozenset({"sort", "argsort", "sort_keys", "sort_rows", "scatter", "scatter_", "gather", "index", "index_select", "take",
+                       "mm", "bmm", "matmul",
                        "_fft_r2c", "_fft_c2r", "_fft_c2c"})
 
 

@@ -353,6 +353,17 @@ def test_no_host_sync_and_no_value_dependent_branch(name, shape):
     assert out.device.type == "meta" and out.dtype == torch.float32 and out.shape == (2, *shape)
 
 
+def test_output_is_a_normal_tensor(W):
+    """W runs in inference mode inside, but what it returns can be updated in place and enter a graph."""
+    g = torch.randn(1, *FLUX, generator=torch.Generator().manual_seed(3))
+    out = W(g)
+    assert not out.is_inference()
+    out.mul_(2.0)  # an inference tensor refuses in-place updates outside inference mode
+    lat = torch.zeros(1, *FLUX, requires_grad=True)
+    (lat * out).sum().backward()  # and cannot be saved for backward
+    assert torch.equal(lat.grad, out)
+
+
 def test_comparators():
     g = torch.Generator().manual_seed(9)
     x = 1e-3 * D.structured_inputs(FLUX)["smooth"][None]
