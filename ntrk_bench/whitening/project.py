@@ -50,9 +50,8 @@ def tiles(x: torch.Tensor, k) -> torch.Tensor:
 
 def groups(x: torch.Tensor, k) -> torch.Tensor:
     """(B, C, H, W) -> (B, C * H/kh * W/kw, kh*kw): rows are patches in (C, H/kh, W/kw) order."""
-    b = x.shape[0]
     kh, kw = patch_dims(k)
-    return tiles(x, k).permute(0, 1, 2, 4, 3, 5).reshape(b, -1, kh * kw)
+    return chunk_major(x, k).view(x.shape[0], -1, kh * kw)
 
 
 def chunk_major(x: torch.Tensor, k) -> torch.Tensor:
@@ -60,7 +59,7 @@ def chunk_major(x: torch.Tensor, k) -> torch.Tensor:
     together. A patch row (kw entries) moves as kw / 4 16-byte or kw / 2 8-byte elements where kw allows:
     the same bytes as the plain permuted copy, 2-4x fewer elements to move (the copy's cost is per element)."""
     b, c, h, w = x.shape
-    kh, kw = patch_dims(k)
+    kh, kw = check_patches(x.shape, k)
     six = (b, c, h // kh, w // kw, kh, kw)
     for wide, per in ((torch.complex128, 4), (torch.int64, 2)):
         if kw % per == 0 and x.element_size() == 4 and x.is_contiguous():
