@@ -17,7 +17,7 @@ from ntrk_bench.whitening.domains import Domain, butterfly_domain
 from ntrk_bench.whitening.domains import make_domain as current_make_domain
 from ntrk_bench.whitening.operator import Whitening as CurrentWhitening
 from ntrk_bench.whitening.operator import WhiteningConfig
-from ntrk_bench.whitening.project import patch_dims, project_norm, ungroup
+from ntrk_bench.whitening.project import patch_dims, project_norm
 
 
 # ============================================================================= project.py
@@ -31,6 +31,13 @@ def groups(x: torch.Tensor, k) -> torch.Tensor:
     if h % kh or w % kw:
         raise ValueError(f"patch {kh}x{kw} does not tile the spatial size {h}x{w}")
     return x.reshape(b, c, h // kh, kh, w // kw, kw).permute(0, 1, 2, 4, 3, 5).reshape(b, -1, kh * kw)
+
+
+def ungroup(g: torch.Tensor, k, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`groups`."""
+    b, c, h, w = shape
+    kh, kw = patch_dims(k)
+    return g.reshape(b, c, h // kh, w // kw, kh, kw).permute(0, 1, 2, 4, 3, 5).reshape(shape)
 
 
 def sort_clip_unsort(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, max_passes: int = 16) -> torch.Tensor:

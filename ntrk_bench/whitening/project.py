@@ -16,6 +16,7 @@ and CUDA graphs.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -54,25 +55,55 @@ def groups(x: torch.Tensor, k) -> torch.Tensor:
     return chunk_major(x, k).view(x.shape[0], -1, kh * kw)
 
 
-def chunk_major(x: torch.Tensor, k) -> torch.Tensor:
-    """(B, C, H, W) of a 4-byte dtype -> (B, C, H/kh, W/kw, kh, kw), contiguous: every patch's entries
-    together. A patch row (kw entries) moves as kw / 4 16-byte or kw / 2 8-byte elements where kw allows:
-    the same bytes as the plain permuted copy, 2-4x fewer elements to move (the copy's cost is per element)."""
-    b, c, h, w = x.shape
-    kh, kw = check_patches(x.shape, k)
-    six = (b, c, h // kh, w // kw, kh, kw)
-    for wide, per in ((torch.complex128, 4), (torch.int64, 2)):
-        if kw % per == 0 and x.element_size() == 4 and x.is_contiguous():
-            rows = x.view(wide).view(b, c, h // kh, kh, w // kw, kw // per)
-            return rows.permute(0, 1, 2, 4, 3, 5).contiguous().view(x.dtype).view(six)
-    return tiles(x, k).permute(0, 1, 2, 4, 3, 5).contiguous()
-
-
 def ungroup(g: torch.Tensor, k, shape: torch.Size) -> torch.Tensor:
     """Inverse of :func:`groups`."""
+    return patch_rows_inverse(g, k, None, shape)
+
+
+def chunk_major(x: torch.Tensor, k) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H/kh, W/kw, kh, kw), contiguous: every patch's entries together."""
+    return patch_rows(x, k)
+
+
+def _patch_perm(n: int) -> list[int]:
+    """(B, C, *row digits, kh, *column digits, kw) -> (B, C, row 1, column 1, ..., row n, column n, kh, kw)."""
+    return [0, 1, *(i for d in range(n) for i in (2 + d, 3 + n + d)), 2 + n, 3 + 2 * n]
+
+
+def _wide(x: torch.Tensor, kw: int) -> tuple[torch.Tensor, int]:
+    """``x`` viewed with its patch rows of kw 4-byte entries as kw / 4 16-byte or kw / 2 8-byte elements where
+    kw allows (a layout copy's cost is per element: the same bytes, 2-4x fewer elements), and the factor."""
+    if x.element_size() == 4 and x.is_contiguous():
+        for wide, per in ((torch.complex128, 4), (torch.int64, 2)):
+            if kw % per == 0:
+                return x.view(wide), per
+    return x, 1
+
+
+def patch_rows(x: torch.Tensor, k, split: tuple | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, *grid, kh, kw), contiguous: every kh x kw patch's entries together, the patches
+    in the order of ``split`` = (row digits, column digits) of the patch grid (mixed radix, coarse first:
+    their products are H/kh and W/kw), interleaved row digit, column digit, coarse to fine; by default one
+    digit each, the row-major order (B, C, H/kh, W/kw, kh, kw). A patch row moves as one wide element
+    (:func:`_wide`)."""
+    b, c, h, w = x.shape
+    kh, kw = check_patches(x.shape, k)
+    sh, sw = split if split is not None else ((h // kh,), (w // kw,))
+    src, per = _wide(x, kw)
+    grid = src.reshape(b, c, *sh, kh, *sw, kw // per).permute(_patch_perm(len(sh))).contiguous()
+    return grid.view(x.dtype).view(*grid.shape[:-1], kw) if per > 1 else grid
+
+
+def patch_rows_inverse(rows: torch.Tensor, k, split: tuple | None, shape) -> torch.Tensor:
+    """Inverse of :func:`patch_rows`: any tensor holding the (B, C, *grid, kh, kw) entries back to ``shape``."""
     b, c, h, w = shape
     kh, kw = patch_dims(k)
-    return g.reshape(b, c, h // kh, w // kw, kh, kw).permute(0, 1, 2, 4, 3, 5).reshape(shape)
+    sh, sw = split if split is not None else ((h // kh,), (w // kw,))
+    n = len(sh)
+    src, per = _wide(rows, kw)
+    grid = src.reshape(b, c, *(d for pair in zip(sh, sw) for d in pair), kh, kw // per)
+    field = grid.permute(np.argsort(_patch_perm(n)).tolist()).contiguous()
+    return (field.view(rows.dtype) if per > 1 else field).view(shape)
 
 
 # ----------------------------------------------------------------------------- 2OS (Prop. B.3, eqs. 85-86)
@@ -217,7 +248,12 @@ def packed_two_level_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Te
     ``torch.sort``'s order of ties; on tie-free input the result is the same bit for bit as two
     ``torch.sort`` calls and two scatters (``tests/test_whitening.py``).
     """
-    base1, shift2, fb, fmask, by_rows, block = packed_tables(tuple(x.shape), k, x.device, cache)
+    return _packed_clip(x, k, lo_t, hi_t, packed_tables(tuple(x.shape), k, x.device, cache))
+
+
+def _packed_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Tensor, tables: tuple) -> torch.Tensor:
+    """:func:`packed_two_level_clip` with its tables."""
+    base1, shift2, fb, fmask, by_rows, block = tables
     c = math.prod(patch_dims(k))
     values = ordered_int32(x)  # the adds below promote it to int64
     if by_rows:  # the keys in chunk layout, each chunk a row
@@ -300,19 +336,23 @@ def project_2os(x: torch.Tensor, k, level: float, ref: tuple = ("normal",), cach
     Large fields sort in their own layout (:func:`packed_two_level_clip`: no layout copy); small ones
     through the chunk matrix of :func:`groups` (:func:`rowsort_two_level_clip`)."""
     cache = {} if cache is None else cache
-    kh, kw = patch_dims(k)
-    check_patches(x.shape, k)
-    c = kh * kw
-    m = x[0].numel() // c
-    lo_t, hi_t = transposed_bounds(m, c, level, ref, x.device, cache)
-    if m * c < PACKED_SORT_MIN:
+    # one lookup per call for the static part (bounds, sort-key tables): W makes 24 such calls
+    key = ("2os", x.shape, k if isinstance(k, int) else tuple(k), level, ref, x.device)
+    if key not in cache:
+        kh, kw = check_patches(x.shape, k)
+        m = x[0].numel() // (kh * kw)
+        bounds = transposed_bounds(m, kh * kw, level, ref, x.device, cache)
+        packed = m * kh * kw >= PACKED_SORT_MIN
+        cache[key] = (*bounds, packed_tables(tuple(x.shape), k, x.device, cache) if packed else None)
+    lo_t, hi_t, tables = cache[key]
+    if tables is None:
         g = groups(x, k)
         for _ in range(passes):
             g = rowsort_two_level_clip(g, lo_t, hi_t)
         return ungroup(g, k, x.shape)
     x = x.contiguous()
     for _ in range(passes):
-        x = packed_two_level_clip(x, k, lo_t, hi_t, cache)
+        x = _packed_clip(x, k, lo_t, hi_t, tables)
     return x
 
 
@@ -360,22 +400,6 @@ def nested_runs(ks: list) -> list[list]:
     return runs
 
 
-def _project_stats(tile_mean: torch.Tensor, tile_sq: torch.Tensor, k, level: float, stat_chunk: int, cache: dict,
-                   passes: int) -> torch.Tensor:
-    """2OS (eq. 93) of a tile-mean and a tile-mean-square field, each (B, C, gh, 1, gw, 1) (the tile grid,
-    with the unit dims that broadcast it onto the finest tiles), in one batched sort-clip-unsort, chunked
-    stat_chunk x stat_chunk so that neighbouring tiles share a chunk; returns the two target fields stacked,
-    (2, B, C, gh, 1, gw, 1), contiguous."""
-    b, c, gh, _, gw, _ = tile_mean.shape
-    kc = stat_chunk_side((gh, gw), stat_chunk)
-    chunks = (b, c, gh // kc, kc, gw // kc, kc)  # rows of the 2OS chunk matrices after the permute
-    stats = torch.stack([tile_mean.view(chunks).permute(0, 1, 2, 4, 3, 5), tile_sq.view(chunks).permute(0, 1, 2, 4, 3, 5)])
-    kh, kw = patch_dims(k)
-    lo, hi = tile_stat_bounds((b, c, gh * kh, gw * kw), k, level, stat_chunk, tile_mean.device, cache)
-    target = clip_matrices(stats.view(2, b, -1, kc * kc), lo, hi, passes, cache).view(stats.shape)
-    return target.permute(0, 1, 2, 3, 5, 4, 6).reshape(2, b, c, gh, 1, gw, 1)  # back to the field's tile order
-
-
 def dead_tile_threshold(x: torch.Tensor, rel_eps: float = 1e-10) -> torch.Tensor:
     """(B, 1, 1, 1): ``rel_eps`` times each sample's mean square. A tile whose centred mean square is at most
     this is dead - float round-off, no unique projection (Prop. B.4): it gets gain 0. One threshold serves
@@ -384,6 +408,44 @@ def dead_tile_threshold(x: torch.Tensor, rel_eps: float = 1e-10) -> torch.Tensor
     per call)."""
     norm = torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
     return norm.square_().mul_(rel_eps / x[0].numel()).view(-1, 1, 1, 1)
+
+
+@dataclass(frozen=True)
+class TileLevel:
+    """One tile side of a nested run, on the finest tiles' statistic fields."""
+    ratio: tuple[int, int]  # (rh, rw): finest tiles per tile of this side along H and W
+    kc: int  # the 2OS chunk side on this side's statistic field
+    lo: torch.Tensor  # (2, 1, kc^2, m) bounds, transposed (tile_stat_bounds)
+    hi: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The static part of :func:`project_tile_stats_nested` for one field shape, tile run and device."""
+    tile: tuple[int, int]  # the finest tile (kh0, kw0)
+    grid: tuple[int, int]  # the finest tiles' grid (H / kh0, W / kw0)
+    levels: tuple[TileLevel, ...]
+    average: torch.Tensor  # (kh0 * kw0,) of 1 / (kh0 * kw0): a tile's mean as a matrix-vector product
+
+
+def tile_plan(shape, ks: list, level: float, stat_chunk: int, device, cache: dict) -> TilePlan:
+    """The :class:`TilePlan` of a (B, C, H, W) field and a run of nested tile sides, memoised per device."""
+    key = ("tile_plan", shape[1:], *map(patch_dims, ks), level, stat_chunk, device)
+    if key in cache:
+        return cache[key]
+    kh0, kw0 = check_patches(shape, ks[0])
+    fh, fw = shape[-2] // kh0, shape[-1] // kw0
+    levels = []
+    for k in ks:
+        kh, kw = check_patches(shape, k)
+        if kh % kh0 or kw % kw0:
+            raise ValueError(f"tile {kh}x{kw} is not a union of {kh0}x{kw0} tiles")
+        rh, rw = kh // kh0, kw // kw0
+        levels.append(TileLevel((rh, rw), stat_chunk_side((fh // rh, fw // rw), stat_chunk),
+                                *tile_stat_bounds(shape, k, level, stat_chunk, device, cache)))
+    average = torch.full((kh0 * kw0,), 1.0 / (kh0 * kw0), device=device)
+    cache[key] = TilePlan((kh0, kw0), (fh, fw), tuple(levels), average)
+    return cache[key]
 
 
 def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chunk: int = 2,
@@ -402,31 +464,26 @@ def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chun
     centred part): the same result as projecting the field side after side, up to float round-off.
     """
     cache = {} if cache is None else cache
-    b, c, h, w = x.shape
-    kh0, kw0 = patch_dims(ks[0])
-    fh, fw = h // kh0, w // kw0
-    # the finest tiles' entries are read in tile-major layout (b, c, kh0 * kw0, fh, fw): a tile's entries lie
-    # one field apart, so every per-tile reduction and broadcast runs over whole contiguous fields (a layout
-    # copy in and one out cost less than the same ops on the field's own layout, with its inner runs of kw0)
-    xt = tiles(x, ks[0]).permute(0, 1, 3, 5, 2, 4).reshape(b, c, kh0 * kw0, fh, fw)
-    mean = xt.mean(2)  # (b, c, fh, fw)
-    centred = xt - mean.unsqueeze(2)
+    b, c = x.shape[:2]
+    plan = tile_plan(x.shape, ks, level, stat_chunk, x.device, cache)
+    fh, fw = plan.grid
+    # the finest tiles as rows (:func:`patch_rows`, our own copy): per-tile means are matrix-vector products
+    rows = patch_rows(x, plan.tile).view(-1, plan.average.shape[0])
+    mean = rows.mv(plan.average)
+    centred = rows.sub_(mean.view(-1, 1))
     # the rounding of the mean leaves centred tiles a residual mean (float round-off) that a large gain would
     # turn into a shift of the tile's mean: it is taken out of the output at the end
-    residual = centred.mean(2)
-    mean_sq = centred.square().mean(2)
+    residual = centred.mv(plan.average)
+    mean_sq = centred.square().mv(plan.average)
     if threshold is None:
         threshold = dead_tile_threshold(x, rel_eps)
     threshold = threshold.view(b, 1, 1, 1, 1, 1)
     pool = torch.nn.functional.avg_pool2d
-    # the finest tiles' arrays are viewed (b, c, gh, rh, gw, rw) at each side: rh x rw finest tiles in each of
-    # the gh x gw tiles of that side, whose statistics keep unit dims (b, c, gh, 1, gw, 1) and so broadcast
+    # the finest tiles' statistics are viewed (b, c, gh, rh, gw, rw) at each side: rh x rw finest tiles in each
+    # of the gh x gw tiles of that side, whose statistics keep unit dims (b, c, gh, 1, gw, 1) and so broadcast
     gain = None  # per finest tile: the product of the gains so far
-    for level_i, k in enumerate(ks):
-        kh, kw = patch_dims(k)
-        if kh % kh0 or kw % kw0:
-            raise ValueError(f"tile {kh}x{kw} is not a union of {kh0}x{kw0} tiles")
-        rh, rw = kh // kh0, kw // kw0
+    for i, lv in enumerate(plan.levels):
+        rh, rw = lv.ratio
         six = (b, c, fh // rh, rh, fw // rw, rw)
         mean, mean_sq = mean.view(six), mean_sq.view(six)
         if (rh, rw) == (1, 1):
@@ -436,20 +493,40 @@ def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chun
             tile_mean = pool(mean.view(b, c, fh, fw), (rh, rw)).view(onto)
             spread = mean - tile_mean
             tile_sq = pool(torch.addcmul(mean_sq, spread, spread).view(b, c, fh, fw), (rh, rw)).view(onto)
-        target = _project_stats(tile_mean, tile_sq, k, level, stat_chunk, cache, passes)
-        gain_sq = (target[1] / tile_sq).masked_fill_(tile_sq <= threshold, 0.0)  # dead tiles: gain 0
+        target_mean, target_sq = _project_stats(tile_mean, tile_sq, lv, passes, cache)
+        gain_sq = (target_sq / tile_sq).masked_fill_(tile_sq <= threshold, 0.0)  # dead tiles: gain 0
         tile_gain = gain_sq.sqrt()
         if (rh, rw) == (1, 1):
-            mean, gain = target[0], tile_gain
+            mean, gain = target_mean, tile_gain
         else:
-            mean = torch.addcmul(target[0], spread, tile_gain)
+            mean = torch.addcmul(target_mean, spread, tile_gain)
             gain = gain.view(six) * tile_gain
-        if level_i < len(ks) - 1:
+        if i < len(plan.levels) - 1:
             mean_sq = mean_sq * gain_sq
-    mean, gain = mean.reshape(b, c, fh, fw), gain.reshape(b, c, fh, fw)
+    mean, gain = mean.reshape(-1, 1), gain.reshape(-1, 1)
     # every finest tile: its final mean plus its gain times its centred part (less the residual mean)
-    out = torch.addcmul(torch.addcmul(mean, gain, residual, value=-1.0).unsqueeze(2), centred, gain.unsqueeze(2))
-    return out.view(b, c, kh0, kw0, fh, fw).permute(0, 1, 4, 2, 5, 3).reshape(x.shape)
+    out = centred.mul_(gain).add_(torch.addcmul(mean, gain, residual.view(-1, 1), value=-1.0))
+    return patch_rows_inverse(out, plan.tile, None, x.shape)
+
+
+def _project_stats(tile_mean: torch.Tensor, tile_sq: torch.Tensor, lv: TileLevel, passes: int,
+                   cache: dict) -> torch.Tensor:
+    """2OS (eq. 93) of a tile-mean and a tile-mean-square field, each (B, C, gh, 1, gw, 1) (the tile grid,
+    with the unit dims that broadcast it onto the finest tiles), in one batched sort-clip-unsort, chunked
+    kc x kc so that neighbouring tiles share a chunk; returns the two target fields stacked,
+    (2, B, C, gh, 1, gw, 1), contiguous. A chunk row of kc statistics moves as one kc * 4-byte element
+    (:data:`_WIDE`) in the layout copies to and from the chunk matrices."""
+    b, c, gh, _, gw, _ = tile_mean.shape
+    kc, wide = lv.kc, _WIDE[lv.kc]
+    stats = torch.stack([tile_mean, tile_sq]).view(2, b, c, gh, gw).view(wide)  # (.., gh, gw / kc) wide elements
+    chunks = stats.view(2, b, c, gh // kc, kc, gw // kc).transpose(-1, -2).contiguous()
+    target = clip_matrices(chunks.view(-1).view(torch.float32).view(2, b, -1, kc * kc), lv.lo, lv.hi, passes, cache)
+    back = target.view(wide).view(2, b, c, gh // kc, gw // kc, kc).transpose(-1, -2).contiguous()
+    return back.view(-1).view(torch.float32).view(2, b, c, gh, 1, gw, 1)
+
+
+#: The dtype whose elements hold k float32s (a row of a k x k statistic chunk).
+_WIDE = {1: torch.float32, 2: torch.complex64, 4: torch.complex128}
 
 
 def project_tile_stats(x: torch.Tensor, k, level: float, stat_chunk: int = 2, cache: dict | None = None,
@@ -464,7 +541,7 @@ def project_tile_stats(x: torch.Tensor, k, level: float, stat_chunk: int = 2, ca
     energy is zero (its centred mean square at most ``rel_eps`` times the sample's mean square, i.e. float
     round-off) has no unique projection (Prop. B.4); it takes its target mean and keeps zero energy.
 
-    Tile averages are taken in tile-major layout (see :func:`project_tile_stats_nested`).
+    The finest tiles are read as rows (see :func:`project_tile_stats_nested`).
     """
     return project_tile_stats_nested(x, [k], level, stat_chunk, cache, passes, rel_eps)
 
