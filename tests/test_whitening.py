@@ -11,8 +11,9 @@ from ntrk_bench.config import load_group
 from ntrk_bench.whitening import Whitening, make_domain, project_2os, project_block_norms, project_norm, project_tile_stats, two_level_bounds
 from ntrk_bench.whitening.census import OpCensus
 from ntrk_bench.whitening.domains import butterfly, hadamard_along, hadamard_factors
-from ntrk_bench.whitening.project import (PACKED_SORT_MIN, ROW_SORT_MIN_CHUNK, chunk_major, groups, nested_runs,
-                                         project_tile_stats_nested, sort_clip_unsort, tiles, ungroup)
+from ntrk_bench.whitening.project import (PACKED_SORT_MIN, ROW_SORT_MIN_CHUNK, groups, nested_runs, patch_rows,
+                                         patch_rows_inverse, project_tile_stats_nested, sort_clip_unsort, tiles,
+                                         ungroup)
 
 FLUX = (16, 64, 64)
 LEVEL = 0.999
@@ -160,17 +161,20 @@ def test_field_2os_is_the_two_sort_definition(batch, k):
 
 
 @pytest.mark.parametrize("k", [2, 4, (2, 4), (4, 8), (3, 3)])
-def test_chunk_major_moves_bits_unchanged(k):
+def test_patch_rows_moves_bits_unchanged(k):
     """The wide-element layout copy (patch rows moved as 8- or 16-byte elements) is the plain permuted copy,
-    bit for bit, also for bit patterns that are NaNs or denormals when read as wider floats."""
+    bit for bit, also for bit patterns that are NaNs or denormals when read as wider floats; its inverse
+    restores the field, also from rows that are not contiguous (the plain copy's path)."""
     shape = (2, 3, 12, 24)
     gen = torch.Generator().manual_seed(5)
     bits = torch.randint(-2**31, 2**31 - 1, shape, generator=gen, dtype=torch.int64).to(torch.int32)
     bits.view(-1)[::7] = -1  # all-ones: a NaN in any float width
     bits.view(-1)[1::11] = 0x7FF00001  # an 8-byte signalling-NaN high word
     want = tiles(bits, k).permute(0, 1, 2, 4, 3, 5).contiguous()
-    assert torch.equal(chunk_major(bits, k), want)
-    assert torch.equal(chunk_major(bits.view(torch.float32), k).view(torch.int32), want)
+    assert torch.equal(patch_rows(bits, k), want)
+    assert torch.equal(patch_rows(bits.view(torch.float32), k).view(torch.int32), want)
+    assert torch.equal(patch_rows_inverse(want, k, shape), bits)
+    assert torch.equal(patch_rows_inverse(want.transpose(0, 1).contiguous().transpose(0, 1), k, shape), bits)
 
 
 @pytest.mark.parametrize("ks", [[4, 8, 16, 32], [2, (2, 4), (4, 8)]])

@@ -2,8 +2,8 @@
 
 All functions take a float32 tensor of shape (B, C, H, W) - a batch of "fields" - and are pure. Chunks
 (2OS) and tiles (mean / energy statistics) are k x k (or kh x kw) patches of one channel, so that the
-constraints see local spatial structure; ``groups`` / ``ungroup`` convert between the field and the
-(B, m, kh*kw) matrix whose rows are the patches, and ``tiles`` views the field as (B, C, H/kh, kh, W/kw, kw)
+constraints see local spatial structure; ``patch_rows`` / ``patch_rows_inverse`` lay the patches out as
+rows and back (``groups`` / ``ungroup``: as the (B, m, kh*kw) matrix whose rows are the patches), and ``tiles`` views the field as (B, C, H/kh, kh, W/kw, kw)
 without copying. The same layout is used in every transform domain, because every domain maps (C, H, W) to
 (C, H, W) (see ``domains.py``). Large 2OS projections never build the chunk matrix: they sort packed integer
 keys made in the field's own layout and scatter the clipped values straight back to it
@@ -52,27 +52,17 @@ def tiles(x: torch.Tensor, k) -> torch.Tensor:
 def groups(x: torch.Tensor, k) -> torch.Tensor:
     """(B, C, H, W) -> (B, C * H/kh * W/kw, kh*kw): rows are patches in (C, H/kh, W/kw) order."""
     kh, kw = patch_dims(k)
-    return chunk_major(x, k).view(x.shape[0], -1, kh * kw)
+    return patch_rows(x, k).view(x.shape[0], -1, kh * kw)
 
 
 def ungroup(g: torch.Tensor, k, shape: torch.Size) -> torch.Tensor:
     """Inverse of :func:`groups`."""
-    return patch_rows_inverse(g, k, None, shape)
-
-
-def chunk_major(x: torch.Tensor, k) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, H/kh, W/kw, kh, kw), contiguous: every patch's entries together."""
-    return patch_rows(x, k)
-
-
-def _patch_perm(n: int) -> list[int]:
-    """(B, C, *row digits, kh, *column digits, kw) -> (B, C, row 1, column 1, ..., row n, column n, kh, kw)."""
-    return [0, 1, *(i for d in range(n) for i in (2 + d, 3 + n + d)), 2 + n, 3 + 2 * n]
+    return patch_rows_inverse(g, k, shape)
 
 
 def _wide(x: torch.Tensor, kw: int) -> tuple[torch.Tensor, int]:
-    """``x`` viewed with its patch rows of kw 4-byte entries as kw / 4 16-byte or kw / 2 8-byte elements where
-    kw allows (a layout copy's cost is per element: the same bytes, 2-4x fewer elements), and the factor."""
+    """``x`` viewed with its rows of kw 4-byte entries as kw / 4 16-byte or kw / 2 8-byte elements where kw
+    allows, and that factor: a layout copy's cost is per element, so the same bytes move 2-4x faster."""
     if x.element_size() == 4 and x.is_contiguous():
         for wide, per in ((torch.complex128, 4), (torch.int64, 2)):
             if kw % per == 0:
@@ -80,30 +70,24 @@ def _wide(x: torch.Tensor, kw: int) -> tuple[torch.Tensor, int]:
     return x, 1
 
 
-def patch_rows(x: torch.Tensor, k, split: tuple | None = None) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, *grid, kh, kw), contiguous: every kh x kw patch's entries together, the patches
-    in the order of ``split`` = (row digits, column digits) of the patch grid (mixed radix, coarse first:
-    their products are H/kh and W/kw), interleaved row digit, column digit, coarse to fine; by default one
-    digit each, the row-major order (B, C, H/kh, W/kw, kh, kw). A patch row moves as one wide element
-    (:func:`_wide`)."""
+def patch_rows(x: torch.Tensor, k) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H/kh, W/kw, kh, kw), contiguous: every kh x kw patch's entries together, a patch
+    row moving as one wide element (:func:`_wide`)."""
     b, c, h, w = x.shape
     kh, kw = check_patches(x.shape, k)
-    sh, sw = split if split is not None else ((h // kh,), (w // kw,))
     src, per = _wide(x, kw)
-    grid = src.reshape(b, c, *sh, kh, *sw, kw // per).permute(_patch_perm(len(sh))).contiguous()
-    return grid.view(x.dtype).view(*grid.shape[:-1], kw) if per > 1 else grid
+    rows = src.reshape(b, c, h // kh, kh, w // kw, kw // per).transpose(3, 4).contiguous()
+    return rows.view(-1).view(x.dtype).view(b, c, h // kh, w // kw, kh, kw) if per > 1 else rows
 
 
-def patch_rows_inverse(rows: torch.Tensor, k, split: tuple | None, shape) -> torch.Tensor:
-    """Inverse of :func:`patch_rows`: any tensor holding the (B, C, *grid, kh, kw) entries back to ``shape``."""
+def patch_rows_inverse(rows: torch.Tensor, k, shape) -> torch.Tensor:
+    """Inverse of :func:`patch_rows`: any tensor holding the (B, C, H/kh, W/kw, kh, kw) entries back to
+    ``shape``."""
     b, c, h, w = shape
     kh, kw = patch_dims(k)
-    sh, sw = split if split is not None else ((h // kh,), (w // kw,))
-    n = len(sh)
     src, per = _wide(rows, kw)
-    grid = src.reshape(b, c, *(d for pair in zip(sh, sw) for d in pair), kh, kw // per)
-    field = grid.permute(np.argsort(_patch_perm(n)).tolist()).contiguous()
-    return (field.view(rows.dtype) if per > 1 else field).view(shape)
+    field = src.reshape(b, c, h // kh, w // kw, kh, kw // per).transpose(3, 4).contiguous()
+    return (field.view(-1).view(rows.dtype) if per > 1 else field).view(shape)
 
 
 # ----------------------------------------------------------------------------- 2OS (Prop. B.3, eqs. 85-86)
@@ -257,7 +241,7 @@ def _packed_clip(x: torch.Tensor, k, lo_t: torch.Tensor, hi_t: torch.Tensor, tab
     c = math.prod(patch_dims(k))
     values = ordered_int32(x)  # the adds below promote it to int64
     if by_rows:  # the keys in chunk layout, each chunk a row
-        keys1 = sort_rows(torch.add(base1, chunk_major(values, k), alpha=1 << fb).view(-1, c))
+        keys1 = sort_rows(torch.add(base1, patch_rows(values, k), alpha=1 << fb).view(-1, c))
     else:  # sorted in blocks of whole chunk rows: the same order as one sort of all keys, in cache-sized pieces
         keys1 = sort_rows(torch.add(base1, values.view(-1, block), alpha=1 << fb))
     # integer temporaries are updated in place: fewer live buffers, so the call stays in cache
@@ -506,27 +490,20 @@ def project_tile_stats_nested(x: torch.Tensor, ks: list, level: float, stat_chun
     mean, gain = mean.reshape(-1, 1), gain.reshape(-1, 1)
     # every finest tile: its final mean plus its gain times its centred part (less the residual mean)
     out = centred.mul_(gain).add_(torch.addcmul(mean, gain, residual.view(-1, 1), value=-1.0))
-    return patch_rows_inverse(out, plan.tile, None, x.shape)
+    return patch_rows_inverse(out, plan.tile, x.shape)
 
 
 def _project_stats(tile_mean: torch.Tensor, tile_sq: torch.Tensor, lv: TileLevel, passes: int,
                    cache: dict) -> torch.Tensor:
     """2OS (eq. 93) of a tile-mean and a tile-mean-square field, each (B, C, gh, 1, gw, 1) (the tile grid,
     with the unit dims that broadcast it onto the finest tiles), in one batched sort-clip-unsort, chunked
-    kc x kc so that neighbouring tiles share a chunk; returns the two target fields stacked,
-    (2, B, C, gh, 1, gw, 1), contiguous. A chunk row of kc statistics moves as one kc * 4-byte element
-    (:data:`_WIDE`) in the layout copies to and from the chunk matrices."""
+    kc x kc so that neighbouring tiles share a chunk (the chunk matrices laid out by :func:`patch_rows`);
+    returns the two target fields stacked, (2, B, C, gh, 1, gw, 1), contiguous."""
     b, c, gh, _, gw, _ = tile_mean.shape
-    kc, wide = lv.kc, _WIDE[lv.kc]
-    stats = torch.stack([tile_mean, tile_sq]).view(2, b, c, gh, gw).view(wide)  # (.., gh, gw / kc) wide elements
-    chunks = stats.view(2, b, c, gh // kc, kc, gw // kc).transpose(-1, -2).contiguous()
-    target = clip_matrices(chunks.view(-1).view(torch.float32).view(2, b, -1, kc * kc), lv.lo, lv.hi, passes, cache)
-    back = target.view(wide).view(2, b, c, gh // kc, gw // kc, kc).transpose(-1, -2).contiguous()
-    return back.view(-1).view(torch.float32).view(2, b, c, gh, 1, gw, 1)
-
-
-#: The dtype whose elements hold k float32s (a row of a k x k statistic chunk).
-_WIDE = {1: torch.float32, 2: torch.complex64, 4: torch.complex128}
+    fields = (2 * b, c, gh, gw)
+    chunks = patch_rows(torch.stack([tile_mean, tile_sq]).view(fields), lv.kc).view(2, b, -1, lv.kc * lv.kc)
+    target = clip_matrices(chunks, lv.lo, lv.hi, passes, cache)
+    return patch_rows_inverse(target, lv.kc, fields).view(2, b, c, gh, 1, gw, 1)
 
 
 def project_tile_stats(x: torch.Tensor, k, level: float, stat_chunk: int = 2, cache: dict | None = None,
