@@ -3,11 +3,11 @@
 All functions take a float32 tensor of shape (B, C, H, W) - a batch of "fields" - and are pure. Chunks
 (2OS) and tiles (mean / energy statistics) are k x k (or kh x kw) patches of one channel, so that the
 constraints see local spatial structure; ``patch_rows`` / ``patch_rows_inverse`` lay the patches out as
-rows and back (``groups`` / ``ungroup``: as the (B, m, kh*kw) matrix whose rows are the patches), and ``tiles`` views the field as (B, C, H/kh, kh, W/kw, kw)
-without copying. The same layout is used in every transform domain, because every domain maps (C, H, W) to
-(C, H, W) (see ``domains.py``). Large 2OS projections never build the chunk matrix: they sort packed integer
-keys made in the field's own layout and scatter the clipped values straight back to it
-(:func:`packed_two_level_clip`).
+rows and back (``groups`` / ``ungroup``: as the (B, m, kh*kw) matrix whose rows are the patches), and
+``tiles`` views the field as (B, C, H/kh, kh, W/kw, kw) without copying. The same layout is used in every
+transform domain, because every domain maps (C, H, W) to (C, H, W) (see ``domains.py``). Large 2OS
+projections never build the chunk matrix: they sort packed integer keys made in the field's own layout and
+scatter the clipped values straight back to it (:func:`packed_two_level_clip`).
 
 Everything here runs on the input's device with a static sequence of tensor operations: no value is read
 back to Python and no branch depends on the data, so the projections run unchanged under ``torch.compile``
